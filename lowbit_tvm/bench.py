@@ -1,0 +1,148 @@
+"""W4A16 benchmark on the GPU: our kernel vs cuBLAS fp16, tinygemm int4 and the HBM floor.
+
+Run on a CUDA machine: ``lowbit-tvm bench`` (or ``python -m lowbit_tvm.bench``). Writes a JSON list of
+records and a PNG plot of speed-up over fp16 vs M.
+"""
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from .ops.w4a16 import W4A16Op
+from .quant import get_scheme, quantize
+
+LLAMA_SHAPES = [(4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)]
+BATCHES = [1, 16, 32, 64, 128, 256]
+
+
+def copy_bandwidth(torch, nbytes=2 << 30) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (bytes read plus bytes written)."""
+    import triton.testing  # pylint: disable=import-outside-toplevel
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def _tinygemm(torch, weight, group):
+    """tinygemm (torch's int4 weight-only mm) operands for ``weight`` [N, K]."""
+    n, k = weight.shape
+    w = torch.from_numpy(weight).cuda().float()
+    grouped = w.reshape(n, k // group, group)
+    scale = grouped.abs().amax(-1).clamp(min=1e-6) / 7
+    codes = torch.clamp(torch.round(grouped / scale[..., None]) + 8, 0, 15).to(torch.int32).reshape(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)
+    zeros = torch.zeros_like(scale)
+    scales_zeros = torch.stack([scale, zeros + 8 * scale], dim=-1).transpose(0, 1).contiguous().bfloat16()
+    return packed, scales_zeros
+
+
+def _time(fn):
+    import triton.testing  # pylint: disable=import-outside-toplevel
+
+    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median") * 1e3
+
+
+def bench_shape(torch, target, k, n, batches, scheme, bandwidth, database=None):
+    """Time every batch size of one (K, N) shape; returns a list of records."""
+    from .kernel import build  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((n, k), dtype=np.float32)
+    qw = quantize(weight, scheme)
+    packed = torch.from_numpy(qw.packed.view(np.int32)).cuda()
+    scales = torch.from_numpy(qw.scales).cuda()
+    w16 = torch.from_numpy(weight).cuda().half()
+    tg_packed, tg_sz = _tinygemm(torch, weight, scheme.group_len(k))
+    records = []
+    for m in batches:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        xb = x.bfloat16()
+        out = torch.empty(m, n, device="cuda", dtype=torch.float16)
+        kernel = build(W4A16Op(n, k, scheme, m), target, database)
+        ours = _time(lambda: kernel(x, packed, scales, out))
+        fp16 = _time(lambda: torch.nn.functional.linear(x, w16))
+        tiny = _time(lambda: torch.ops.aten._weight_int4pack_mm(xb, tg_packed, scheme.group_len(k), tg_sz))
+        nbytes = qw.packed.nbytes + qw.scales.nbytes + 2 * m * (k + n)
+        records.append(
+            {
+                "op": "w4a16",
+                "scheme": scheme.name,
+                "M": m,
+                "N": n,
+                "K": k,
+                "us": ours,
+                "fp16_us": fp16,
+                "tinygemm_us": tiny,
+                "floor_us": nbytes / bandwidth * 1e6,
+                "rule": kernel.rule,
+                "schedule": kernel.source,
+                "gpu": torch.cuda.get_device_name(),
+            }
+        )
+        print(_row(records[-1]), flush=True)
+    return records
+
+
+def _row(r):
+    return (
+        f"K={r['K']:6d} N={r['N']:6d} M={r['M']:4d} ours {r['us']:8.1f} us  fp16 {r['fp16_us']:8.1f}  "
+        f"tinygemm {r['tinygemm_us']:8.1f}  floor {r['floor_us']:7.1f}  x{r['fp16_us'] / r['us']:.2f} vs fp16  "
+        f"[{r['rule']}, {r['schedule']}]"
+    )
+
+
+def plot(records, path: Path):
+    """Speed-up over cuBLAS fp16 vs M, one line per shape."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, n in sorted({(r["K"], r["N"]) for r in records}):
+        rows = sorted((r for r in records if (r["K"], r["N"]) == (k, n)), key=lambda r: r["M"])
+        ax.plot([r["M"] for r in rows], [r["fp16_us"] / r["us"] for r in rows], marker="o", label=f"K={k} N={n}")
+    ax.axhline(1.0, color="grey", linestyle="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("M (batch rows)")
+    ax.set_ylabel("speed-up over cuBLAS fp16")
+    ax.set_title(f"lowbit_tvm W4A16 ({records[0]['scheme']}) on {records[0]['gpu']}")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv=None):
+    """Command-line entry: run the benchmark and write JSON + PNG."""
+    parser = argparse.ArgumentParser(prog="lowbit-tvm bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
+    parser.add_argument("--scheme", default="w4a16-g128", help="quantization scheme (default w4a16-g128)")
+    parser.add_argument("--batches", type=int, nargs="+", default=BATCHES, help="values of M")
+    parser.add_argument("--quick", action="store_true", help="only the first two shapes")
+    args = parser.parse_args(argv)
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from .kernel import default_target  # pylint: disable=import-outside-toplevel
+
+    if not torch.cuda.is_available():
+        raise SystemExit("lowbit-tvm bench needs a CUDA GPU; none found")
+    target = default_target()
+    bandwidth = copy_bandwidth(torch)
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s on {torch.cuda.get_device_name()} ({platform.node()})")
+    shapes = LLAMA_SHAPES[:2] if args.quick else LLAMA_SHAPES
+    records = []
+    for k, n in shapes:
+        records += bench_shape(torch, target, k, n, args.batches, get_scheme(args.scheme), bandwidth)
+    gpu = torch.cuda.get_device_name().replace(" ", "_").lower()
+    folder = args.out / gpu
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "w4a16.json").write_text(json.dumps(records, indent=1))
+    plot(records, folder / "w4a16.png")
+    print("wrote", folder / "w4a16.json")
+
+
+if __name__ == "__main__":
+    main()

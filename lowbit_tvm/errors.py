@@ -1,0 +1,21 @@
+"""User-facing exception types for ``lowbit_tvm``."""
+
+
+class LowbitError(Exception):
+    """Base class for all user-facing errors raised by ``lowbit_tvm``."""
+
+
+class QuantizationError(LowbitError, ValueError):
+    """Invalid quantization input, scheme, or quantized data."""
+
+
+class CodegenError(LowbitError, RuntimeError):
+    """Building device code failed: bad target, TVM lowering error, or ``nvcc`` missing/failing."""
+
+
+class LibraryError(LowbitError, RuntimeError):
+    """Exporting or loading a compiled library failed (missing file, not a TVM library, ...)."""
+
+
+class LibraryMismatchError(LibraryError):
+    """A library was built for another GPU architecture or another TVM version than this process."""

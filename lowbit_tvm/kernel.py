@@ -1,0 +1,85 @@
+"""Build W4A16 kernels: pick the rule, apply tuned records or the default config, compile."""
+from dataclasses import dataclass
+
+from .ops.w4a16 import W4A16Op
+from .schedules.w4a16_dispatch import Plan, plan
+from .tvm_api import tvm
+
+PASS_CONFIG = {"tirx.use_async_copy": 1}
+
+# Shared memory a block may opt into, per architecture (the tensor-core kernel uses dynamic shared
+# memory beyond the default 48 KB).
+MAX_SHARED = {"sm_80": 166912, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448, "sm_90a": 232448}
+
+
+def default_target(arch: str | None = None):
+    """The CUDA target for ``arch`` (default: the local GPU's, else sm_90) with its shared-memory limit."""
+    from .codegen import cuda_target, detect_cuda_arch  # pylint: disable=import-outside-toplevel
+
+    arch = arch or detect_cuda_arch() or "sm_90"
+    return cuda_target(arch, max_shared_memory_per_block=MAX_SHARED.get(arch, 49152))
+
+
+@dataclass
+class W4A16Kernel:
+    """A compiled W4A16 kernel for one workload.
+
+    Attributes
+    ----------
+    op : W4A16Op
+        The workload (with the decode dtype its rule uses).
+    rule : str
+        The schedule rule that produced it.
+    source : str
+        ``"tuned"`` when a tuning record was applied, else ``"default"``.
+    module : tvm.runtime.Module
+        The runnable module.
+    """
+
+    op: W4A16Op
+    rule: str
+    source: str
+    module: object
+
+    def __call__(self, *args):
+        """Run on ``(x, packed, scales[, zeros], out)`` (TVM tensors or DLPack tensors such as torch's)."""
+        self.module[self.op.name](*args)
+
+
+def schedule(op: W4A16Op, target, database=None):
+    """The scheduled IRModule for ``op`` and where its schedule came from.
+
+    Parameters
+    ----------
+    op : W4A16Op
+        The workload.
+    target : tvm.target.Target
+        A CUDA target.
+    database : tvm.s_tir.meta_schedule.Database or None
+        Tuning records; used when it holds this workload.
+
+    Returns
+    -------
+    (tvm.IRModule, Plan, str)
+        The module, the rule plan, and ``"tuned"`` or ``"default"``.
+    """
+    chosen: Plan = plan(op)
+    func = chosen.op.prim_func()
+    if database is not None:
+        from .tuning import lookup  # pylint: disable=import-outside-toplevel
+
+        tuned = lookup(database, func, target)
+        if tuned is not None:
+            return tuned, chosen, "tuned"
+    sch = chosen.rule.apply(func, target, tunable=False, config=chosen.config)
+    return sch.mod, chosen, "default"
+
+
+def build(op: W4A16Op, target, database=None) -> W4A16Kernel:
+    """Schedule and compile ``op`` for ``target``."""
+    from .codegen import build_module  # pylint: disable=import-outside-toplevel
+
+    mod, chosen, source = schedule(op, target, database)
+    with tvm.transform.PassContext(config=PASS_CONFIG):
+        module = build_module(mod, target)
+    return W4A16Kernel(chosen.op, chosen.rule.name, source, module)

@@ -1,0 +1,129 @@
+"""The W4A16 group-quantized matmul as TensorIR.
+
+``C[M, N] = A[M, K] @ dequant(B)[N, K]^T`` with fp16 activations, int4 weights packed eight to a
+``uint32`` along K (nibble ``j`` of word ``w`` holds ``k = 8 w + j``), fp16 group scales (and fp16 zeros for
+the asymmetric scheme), fp32 accumulation and an fp16 result. ``M`` may be symbolic (dynamic batch).
+
+The function has three blocks that the schedule rules look for by name: ``decode`` (int4 -> fp16),
+``matmul`` (fp32 accumulation) and ``cast`` (fp32 -> fp16 epilogue).
+"""
+from dataclasses import dataclass
+
+from ..quant import Int4Scheme
+from ..tvm_api import te, tirx
+
+DECODE = "decode"
+MATMUL = "matmul"
+CAST = "cast"
+
+
+@dataclass(frozen=True)
+class W4A16Op:
+    """One W4A16 workload: the key of caches, tuning records and benchmark rows.
+
+    Parameters
+    ----------
+    n, k : int
+        Output features and input features.
+    scheme : Int4Scheme
+        Group size and symmetry of the weights.
+    m : int or None
+        Batch rows; ``None`` builds a function with a dynamic ``M``.
+    decode_dtype : str
+        What the weights are decoded to before the fp32 multiply-add: ``"float16"`` for tensor cores,
+        ``"float32"`` for CUDA-core kernels (exact, and no conversion instruction per weight).
+    """
+
+    n: int
+    k: int
+    scheme: Int4Scheme
+    m: int | None = None
+    decode_dtype: str = "float16"
+
+    @property
+    def name(self) -> str:
+        """A symbol-safe name, e.g. ``w4a16_g128_m16_n4096_k4096``."""
+        m = "dyn" if self.m is None else str(self.m)
+        scheme = self.scheme.name.replace("w4a16-", "").replace("-", "_")
+        decode = "" if self.decode_dtype == "float16" else "_d32"
+        return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}{decode}"
+
+    def with_m(self, m: int | None) -> "W4A16Op":
+        """The same weights at another batch size."""
+        return W4A16Op(self.n, self.k, self.scheme, m, self.decode_dtype)
+
+    def with_decode(self, decode_dtype: str) -> "W4A16Op":
+        """The same workload decoding weights to ``decode_dtype``."""
+        return W4A16Op(self.n, self.k, self.scheme, self.m, decode_dtype)
+
+    def to_json(self) -> dict:
+        """A JSON-ready record of this workload."""
+        return {
+            "op": "w4a16",
+            "m": self.m,
+            "n": self.n,
+            "k": self.k,
+            "scheme": self.scheme.to_json(),
+            "decode_dtype": self.decode_dtype,
+        }
+
+    def prim_func(self) -> tirx.PrimFunc:
+        """The unscheduled TensorIR function ``(A, B, S[, Z], C)``."""
+        return w4a16_op(self)
+
+
+# Decoding without conversion instructions: OR-ing a 4-bit code q into the mantissa of a power of two
+# gives that power plus q exactly (fp16: 0x6400 = 1024, fp32: 0x4B000000 = 2^23). Subtracting
+# (power + zero) then leaves q - zero exactly, at the cost of one logic op and one add.
+_MAGIC = {
+    "float16": ("uint16", 0x6400, 1024.0),
+    "float32": ("uint32", 0x4B000000, 8388608.0),
+}
+
+
+def _decode_fn(b, s, z, group, dtype):
+    bits, magic, power = _MAGIC[dtype]
+
+    def decode(n, k):
+        shift = (k % 8 * 4).astype("uint32")
+        code = (b[n, k // 8] >> shift) & tirx.const(15, "uint32")
+        biased = tirx.reinterpret(dtype, (code | tirx.const(magic, "uint32")).astype(bits))
+        zero = tirx.const(8, dtype) if z is None else z[n, k // group].astype(dtype)
+        return (biased - (zero + tirx.const(power, dtype))) * s[n, k // group].astype(dtype)
+
+    return decode
+
+
+def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
+    """Build the TensorIR of ``op``.
+
+    Parameters
+    ----------
+    op : W4A16Op
+        The workload.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        Arguments ``A (M, K) f16, B (N, K/8) u32, S (N, G) f16[, Z (N, G) f16], C (M, N) f16``.
+    """
+    groups = op.scheme.groups(op.k)
+    group = op.k // groups
+    m = tirx.Var("m", "int32") if op.m is None else op.m
+    a = te.placeholder((m, op.k), "float16", name="A")
+    b = te.placeholder((op.n, op.k // 8), "uint32", name="B")
+    s = te.placeholder((op.n, groups), "float16", name="S")
+    z = None if op.scheme.symmetric else te.placeholder((op.n, groups), "float16", name="Z")
+    if op.decode_dtype not in _MAGIC:
+        raise ValueError(f"decode_dtype must be one of {sorted(_MAGIC)}, got {op.decode_dtype!r}")
+    w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype), name=DECODE)
+    r = te.reduce_axis((0, op.k), name="k")
+    acc = te.compute(
+        (m, op.n),
+        lambda i, j: te.sum(a[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
+        name=MATMUL,
+    )
+    c = te.compute((m, op.n), lambda i, j: acc[i, j].astype("float16"), name=CAST)
+    args = [a, b, s] + ([] if z is None else [z]) + [c]
+    func = te.create_prim_func(args)
+    return func.with_attr({"global_symbol": op.name, "tir.noalias": True})

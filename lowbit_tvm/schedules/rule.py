@@ -1,0 +1,72 @@
+"""The schedule-rule interface shared by every kernel pattern (dlight style)."""
+from abc import ABC, abstractmethod
+from dataclasses import asdict, fields
+
+from ..tvm_api import Schedule, Target, tirx
+
+
+class ScheduleRule(ABC):
+    """One kernel pattern: ``apply`` returns a schedule, or None when the function is not its pattern.
+
+    Each rule has a frozen ``Config`` dataclass (its knobs and their defaults) and a ``SPACE`` mapping
+    each knob to the values MetaSchedule may choose. With ``tunable=True`` every knob becomes a
+    ``sample_categorical`` decision in the schedule's trace, so the trace is the search space.
+    """
+
+    name = "rule"
+    Config = None
+    SPACE: dict = {}
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False, config=None):
+        """Schedule ``func`` for ``target``.
+
+        Parameters
+        ----------
+        func : tvm.tirx.PrimFunc
+            An unscheduled low-bit operator.
+        target : tvm.target.Target
+            The GPU target.
+        tunable : bool
+            When True, knobs are sampled (a MetaSchedule search space); else ``config`` is used.
+        config : Config or None
+            The knob values; None means the rule's defaults.
+
+        Returns
+        -------
+        tvm.s_tir.Schedule or None
+            None when the function is not this rule's pattern.
+        """
+        sch = Schedule(func)
+        return sch if self.schedule(sch, target, tunable, config) else None
+
+    @abstractmethod
+    def schedule(self, sch: Schedule, target: Target, tunable: bool = False, config=None) -> bool:
+        """Schedule ``sch`` in place (as ``apply``); False when it is not this rule's pattern."""
+
+    FIXED_WHEN_TUNING: tuple = ()
+
+    def knobs(self, sch: Schedule, tunable: bool, config) -> dict:
+        """The knob values for one application: ints, or sampled variables when tunable.
+
+        Knobs named in ``FIXED_WHEN_TUNING`` keep their ``config`` value even when tuning (they size
+        padding, which needs a known integer).
+        """
+        config = config or self.Config()
+        values = asdict(config)
+        if not tunable:
+            return values
+        for field in fields(config):
+            if field.name in self.FIXED_WHEN_TUNING:
+                continue
+            candidates = list(self.SPACE[field.name])
+            probs = [1.0 / len(candidates)] * len(candidates)
+            values[field.name] = sch.sample_categorical(candidates, probs)
+        return values
+
+
+def find_block(sch: Schedule, name: str):
+    """The block called ``name`` in ``sch``, or None."""
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # pylint: disable=broad-except
+        return None

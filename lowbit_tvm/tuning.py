@@ -1,0 +1,112 @@
+"""MetaSchedule tuning of our rules' knobs, and the per-architecture databases under ``tuning_logs/``.
+
+The search space of a workload is its rule applied with ``tunable=True``: every knob is a
+``sample_categorical`` decision, and MetaSchedule searches those decisions (xgboost cost model where
+xgboost imports, random otherwise). Only the best record per workload is kept in the committed
+database.
+"""
+import tempfile
+from pathlib import Path
+
+from .kernel import PASS_CONFIG
+from .ops.w4a16 import W4A16Op
+from .schedules.w4a16_dispatch import plan
+from .tvm_api import ms, tvm
+
+TUNING_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
+_WORKLOADS = "database_workload.json"
+_RECORDS = "database_tuning_record.json"
+
+
+def database_dir(arch: str, root: Path | None = None) -> Path:
+    """Where the database of ``arch`` lives (``tuning_logs/<arch>``)."""
+    return (root or TUNING_LOGS) / arch
+
+
+def open_database(folder: Path, create: bool = False):
+    """The JSON database in ``folder``; None when it does not exist and ``create`` is False."""
+    folder = Path(folder)
+    if not create and not (folder / _RECORDS).exists():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(folder / _WORKLOADS), path_tuning_record=str(folder / _RECORDS), allow_missing=True
+    )
+
+
+def lookup(database, func, target):
+    """The tuned IRModule of ``func`` in ``database``, or None when it holds no record for it."""
+    sch = ms.tir_integration.compile_tir(database, func, target)
+    return None if sch is None else sch.mod
+
+
+def build_with_async_copy(mod, target, _params=None):
+    """MetaSchedule's build step with our pass config (async global->shared copies)."""
+    with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
+        return tvm.compile(mod, target=target)
+
+
+def cost_model_name() -> str:
+    """``"xgb"`` where xgboost imports, else ``"random"``."""
+    try:
+        import xgboost  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+        return "xgb"
+    except ImportError:
+        return "random"
+
+
+def _space(op: W4A16Op, target):
+    chosen = plan(op)
+
+    def space(sch):
+        if not chosen.rule.schedule(sch, target, tunable=True):
+            raise ValueError(f"rule {chosen.rule.name} does not apply to {op.name}")
+        return sch
+
+    return chosen, space
+
+
+def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path | None = None):
+    """Tune one workload and add its best record to the database in ``out_dir``.
+
+    Parameters
+    ----------
+    op : W4A16Op
+        The workload (static M).
+    target : tvm.target.Target
+        The GPU target (must be the local GPU: candidates are timed on it).
+    out_dir : Path
+        The database folder (``tuning_logs/<arch>``); created if missing, existing records kept.
+    trials : int
+        Measured candidates.
+    work_dir : Path or None
+        MetaSchedule's scratch folder (a temporary one by default).
+
+    Returns
+    -------
+    float or None
+        The best measured time in microseconds, None when no candidate ran.
+    """
+    chosen, space = _space(op, target)
+    func = chosen.op.prim_func()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = str(work_dir or tmp)
+        db = ms.tir_integration.tune_tir(
+            mod=func,
+            target=target,
+            work_dir=scratch,
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials, 16),
+            space=space,
+            cost_model=cost_model_name(),
+            builder=ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300),
+            task_name=chosen.op.name,
+        )
+        best = db.get_all_tuning_records()
+        if not best:
+            return None
+        pruned = open_database(out_dir, create=True)
+        db.dump_pruned(pruned)
+    times = [float(sum(r.run_secs) / len(r.run_secs)) for r in best if r.run_secs]
+    return min(times) * 1e6 if times else None

@@ -1,0 +1,31 @@
+"""The one place that imports TVM.
+
+TVM 0.27 renamed ``tir`` to ``tirx``, ``block`` to ``sblock`` and moved dlight, MetaSchedule and the
+tensor intrinsics under ``tvm.s_tir``. Every other module of lowbit_tvm imports TVM names from here, so
+the next rename is a one-file change.
+"""
+import tvm
+from tvm import s_tir
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir import meta_schedule as ms
+from tvm.script import tirx as T
+from tvm.target import Target
+
+TVM_VERSION = tvm.__version__
+
+__all__ = ["T", "TVM_VERSION", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "tirx", "tvm"]
+
+
+def load_tensor_intrinsics():
+    """Import and register TVM's CUDA tensor intrinsics (slow: tens of seconds on a small CPU).
+
+    Returns
+    -------
+    module
+        ``tvm.s_tir.tensor_intrin.cuda``.
+    """
+    from tvm.s_tir.tensor_intrin import cuda  # pylint: disable=import-outside-toplevel
+
+    return cuda

@@ -1,0 +1,48 @@
+"""W4A16 kernels on the GPU vs a float64 reference, on fresh random inputs (run on the device)."""
+import numpy as np
+import pytest
+
+from lowbit_tvm.kernel import build
+from lowbit_tvm.ops.w4a16 import W4A16Op
+from lowbit_tvm.quant import get_scheme, quantize, reference_matmul
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 4160), (1024, 1040)]  # (K, N)
+BATCHES = [1, 3, 16, 33, 64, 128, 256]
+
+
+def _run(kernel, x, qw):
+    import torch  # pylint: disable=import-outside-toplevel
+
+    dev = "cuda"
+    args = [torch.from_numpy(x).to(dev), torch.from_numpy(qw.packed.view(np.int32)).to(dev)]
+    args.append(torch.from_numpy(qw.scales).to(dev))
+    if qw.zeros is not None:
+        args.append(torch.from_numpy(qw.zeros).to(dev))
+    out = torch.full((x.shape[0], qw.shape[0]), float("nan"), dtype=torch.float16, device=dev)
+    kernel(*args, out)
+    torch.cuda.synchronize()
+    return out.cpu().numpy()
+
+
+@pytest.fixture(scope="module")
+def target():
+    from lowbit_tvm.kernel import default_target  # pylint: disable=import-outside-toplevel
+
+    return default_target()
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("m", BATCHES)
+@pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym"])
+def test_matches_float64(target, scheme, m, k, n):
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    kernel = build(W4A16Op(n, k, get_scheme(scheme), m), target)
+    out = _run(kernel, x, qw).astype(np.float64)
+    ref = reference_matmul(x, qw)
+    assert np.isfinite(out).all(), f"{kernel.rule}: unwritten or non-finite outputs"
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 1e-2, f"{kernel.rule} m={m} k={k} n={n}: relative error {err:.2e}"
