@@ -34,9 +34,10 @@ def _tinygemm(torch, weight, group):
     grouped = w.reshape(n, k // group, group)
     scale = grouped.abs().amax(-1).clamp(min=1e-6) / 7
     codes = torch.clamp(torch.round(grouped / scale[..., None]) + 8, 0, 15).to(torch.int32).reshape(n, k)
-    packed = torch.ops.aten._convert_weight_to_int4pack(codes, 8)
-    zeros = torch.zeros_like(scale)
-    scales_zeros = torch.stack([scale, zeros + 8 * scale], dim=-1).transpose(0, 1).contiguous().bfloat16()
+    pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(pairs, 8)
+    # tinygemm dequantizes (q - 8) * scale + zero: symmetric weights have zero = 0
+    scales_zeros = torch.stack([scale, torch.zeros_like(scale)], dim=-1).transpose(0, 1).contiguous().bfloat16()
     return packed, scales_zeros
 
 
@@ -53,7 +54,7 @@ def bench_shape(torch, target, k, n, batches, scheme, bandwidth, database=None):
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((n, k), dtype=np.float32)
     qw = quantize(weight, scheme)
-    packed = torch.from_numpy(qw.packed.view(np.int32)).cuda()
+    packed = torch.from_numpy(qw.packed).cuda()
     scales = torch.from_numpy(qw.scales).cuda()
     w16 = torch.from_numpy(weight).cuda().half()
     tg_packed, tg_sz = _tinygemm(torch, weight, scheme.group_len(k))
