@@ -3,9 +3,7 @@
 Run on a CUDA machine: ``lowbit-tvm bench`` (or ``python -m lowbit_tvm.bench``). Writes a JSON list of
 records and a PNG plot of speed-up over fp16 vs M.
 """
-import argparse
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -116,34 +114,35 @@ def plot(records, path: Path):
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def main(argv=None):
-    """Command-line entry: run the benchmark and write JSON + PNG."""
-    parser = argparse.ArgumentParser(prog="lowbit-tvm bench", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results folder")
-    parser.add_argument("--scheme", default="w4a16-g128", help="quantization scheme (default w4a16-g128)")
-    parser.add_argument("--batches", type=int, nargs="+", default=BATCHES, help="values of M")
-    parser.add_argument("--quick", action="store_true", help="only the first two shapes")
-    args = parser.parse_args(argv)
+def run_bench(out: Path, scheme_name: str = "w4a16-g128", batches=None, tuned: bool = True):
+    """Benchmark every Llama shape and write ``<out>/<gpu>/w4a16.json`` and ``w4a16.png``."""
     import torch  # pylint: disable=import-outside-toplevel
 
+    from .codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel
+    from .errors import LowbitError  # pylint: disable=import-outside-toplevel
     from .kernel import default_target  # pylint: disable=import-outside-toplevel
+    from .tuning import database_dir, open_database  # pylint: disable=import-outside-toplevel
 
     if not torch.cuda.is_available():
-        raise SystemExit("lowbit-tvm bench needs a CUDA GPU; none found")
-    target = default_target()
+        raise LowbitError("lowbit-tvm bench needs a CUDA GPU; none was found")
+    arch = detect_cuda_arch()
+    database = open_database(database_dir(arch)) if tuned else None
     bandwidth = copy_bandwidth(torch)
-    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s on {torch.cuda.get_device_name()} ({platform.node()})")
-    shapes = LLAMA_SHAPES[:2] if args.quick else LLAMA_SHAPES
+    gpu = torch.cuda.get_device_name()
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s on {gpu}; tuning database: {database is not None}")
     records = []
-    for k, n in shapes:
-        records += bench_shape(torch, target, k, n, args.batches, get_scheme(args.scheme), bandwidth)
-    gpu = torch.cuda.get_device_name().replace(" ", "_").lower()
-    folder = args.out / gpu
+    for k, n in LLAMA_SHAPES:
+        records += bench_shape(torch, default_target(arch), k, n, batches or BATCHES, get_scheme(scheme_name),
+                               bandwidth, database)
+    folder = Path(out) / gpu.replace(" ", "_").lower()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "w4a16.json").write_text(json.dumps(records, indent=1))
     plot(records, folder / "w4a16.png")
     print("wrote", folder / "w4a16.json")
+    return records
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import main  # pylint: disable=import-outside-toplevel
+
+    raise SystemExit(main(["bench", *__import__("sys").argv[1:]]))

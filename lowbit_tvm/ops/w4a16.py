@@ -88,8 +88,11 @@ def _decode_fn(b, s, z, group, dtype):
         shift = (k % 8 * 4).astype("uint32")
         code = (b[n, k // 8] >> shift) & tirx.const(15, "uint32")
         biased = tirx.reinterpret(dtype, (code | tirx.const(magic, "uint32")).astype(bits))
-        zero = tirx.const(8, dtype) if z is None else z[n, k // group].astype(dtype)
-        return (biased - (zero + tirx.const(power, dtype))) * s[n, k // group].astype(dtype)
+        if z is None:
+            offset = tirx.const(power + 8, dtype)
+        else:
+            offset = z[n, k // group].astype(dtype) + tirx.const(power, dtype)
+        return (biased - offset) * s[n, k // group].astype(dtype)
 
     return decode
 

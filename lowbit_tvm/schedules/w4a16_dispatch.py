@@ -10,6 +10,8 @@ from .w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 # Up to this many rows the CUDA-core GEMV streams the weights once for all rows; above it the
 # tensor cores win.
 GEMV_MAX_M = 8
+# Blocks wanted in flight: the H100's multiprocessor count.
+SM_COUNT = 132
 
 
 class ShapeError(LowbitError, ValueError):
@@ -32,6 +34,15 @@ def _largest_dividing(n: int, candidates) -> int | None:
     return None
 
 
+def _block_n_tiles(n: int) -> int:
+    """16-column tiles per block: the widest (up to 128 columns) that still gives every SM a block."""
+    fitting = [t for t in (8, 4, 2) if (n // 16) % t == 0]
+    for tiles in fitting:
+        if n // (16 * tiles) >= SM_COUNT:
+            return tiles
+    return fitting[-1] if fitting else 1
+
+
 def tensor_core_config(op: W4A16Op) -> TensorCoreConfig:
     """The default tensor-core config for ``op`` (static or dynamic M).
 
@@ -47,7 +58,7 @@ def tensor_core_config(op: W4A16Op) -> TensorCoreConfig:
         )
     m = op.m or 64
     warps_m, tile_m = (1, 1) if m <= 16 else (1, 2) if m <= 32 else (2, 2) if m <= 64 else (2, 4)
-    tile_n_16 = _largest_dividing(op.n // 16, (8, 4, 2, 1))
+    tile_n_16 = _block_n_tiles(op.n)
     warps_n = min(4, tile_n_16)
     tile_n = tile_n_16 // warps_n
     k_inner = _largest_dividing(op.k // 16, (4, 2))
