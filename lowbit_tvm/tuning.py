@@ -101,7 +101,6 @@ def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path
             space=space,
             cost_model=cost_model_name(),
             builder=ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300),
-            task_name=chosen.op.name,
         )
         best = db.get_all_tuning_records()
         if not best:
