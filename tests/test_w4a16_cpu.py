@@ -92,6 +92,8 @@ def test_tunable_space_replays_with_random_decisions(rule):
     assert rule.schedule(sch, _target("sm_90"), tunable=True)
     decisions = {str(inst.kind.name) for inst in sch.trace.decisions}
     assert "SampleCategorical" in decisions
+    assert "sample_categorical" in "\n".join(sch.trace.as_python())  # MetaSchedule stringifies traces
+    sch.trace.as_json()
     built_any = 0
     for seed in range(1, 5):
         fresh = Schedule(op.prim_func(), seed=seed)

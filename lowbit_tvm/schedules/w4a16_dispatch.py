@@ -62,7 +62,7 @@ def tensor_core_config(op: W4A16Op) -> TensorCoreConfig:
     warps_n = min(4, tile_n_16)
     tile_n = tile_n_16 // warps_n
     k_inner = _largest_dividing(op.k // 16, (4, 2))
-    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 3)
+    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2)
 
 
 def plan(op: W4A16Op) -> Plan:

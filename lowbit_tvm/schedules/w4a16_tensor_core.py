@@ -3,7 +3,7 @@
 Per K step of ``16 * k_inner``: activations are copied to shared memory with ``cp.async`` and the
 packed int4 weights likewise (a quarter of the fp16 bytes); the weights are then decoded in
 shared memory (shift, mask, fp16 exponent trick, scale) into the fp16 tile that ``ldmatrix`` feeds to
-``mma.sync``. The copies run ``stages - 1`` steps ahead of the math (software pipeline). Each warp
+``mma.sync``. The copies run ``prefetch`` steps ahead of the math (software pipeline). Each warp
 owns ``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block.
 """
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ class TensorCoreConfig:
     tile_m: int = 1
     tile_n: int = 2
     k_inner: int = 4  # K step = 16 * k_inner
-    stages: int = 3
+    prefetch: int = 2  # K steps the async copies run ahead (pipeline stages - 1)
 
 
 def _index_map(i, j):
@@ -42,7 +42,7 @@ class W4A16TensorCore(ScheduleRule):
         "tile_m": (1, 2, 4),
         "tile_n": (1, 2, 4),
         "k_inner": (2, 4, 8),
-        "stages": (2, 3, 4),
+        "prefetch": (1, 2, 3),
     }
 
     def schedule(self, sch, target, tunable=False, config=None):
@@ -110,8 +110,8 @@ class W4A16TensorCore(ScheduleRule):
         self._spread(sch, packed_shared, 4, knob)
         sch.storage_align(decode, 0, axis=-2, factor=32, offset=8)
         self._spread(sch, decode, 4, knob)
-        stages = knob["stages"]
-        sch.annotate(k0, "software_pipeline_stage", [0, 0, stages - 1, stages - 1])
+        ahead = knob["prefetch"]
+        sch.annotate(k0, "software_pipeline_stage", [0, 0, ahead, ahead])
         sch.annotate(k0, "software_pipeline_order", [0, 1, 2, 3])
         sch.annotate(k0, "software_pipeline_async_stages", [0])
 
