@@ -35,7 +35,8 @@ class W4A16TensorCore(ScheduleRule):
 
     name = "w4a16-tensor-core"
     Config = TensorCoreConfig
-    FIXED_WHEN_TUNING = ("warps_m", "tile_m")
+    # warps_m and tile_m size the M padding and prefetch sits in a list annotation: both need plain ints.
+    FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch")
     SPACE = {
         "warps_m": (1, 2, 4),
         "warps_n": (1, 2, 4, 8),
