@@ -43,7 +43,7 @@ def lookup(database, func, target):
 def build_with_async_copy(mod, target, _params=None):
     """MetaSchedule's build step with our pass config (async global->shared copies)."""
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        return tvm.compile(mod, target=target)
+        return tvm.tirx.build(mod, target=target)
 
 
 def cost_model_name() -> str:

@@ -26,7 +26,7 @@ class TensorCoreConfig:
 
 
 def _index_map(i, j):
-    lane, local = intrinsics._tile_to_warp(i % 16, j % 16)  # pylint: disable=protected-access
+    lane, local = intrinsics.tile_to_warp(i % 16, j % 16)
     return i // 16, j // 16, lane, local
 
 
@@ -60,6 +60,7 @@ class W4A16TensorCore(ScheduleRule):
         self._fetch(sch, outer, decode, loops, knob)
         staged = self._tensorize(sch, outer, inner, loops)
         self._epilogue(sch, staged)
+        sch.annotate(loops["k0"], "pragma_import_c", intrinsics.DECODE_SOURCE)
         return True
 
     @staticmethod
@@ -96,6 +97,18 @@ class W4A16TensorCore(ScheduleRule):
         sch.bind(sch.fuse(wm, wn), "threadIdx.y")
         sch.vectorize(v)
 
+    @staticmethod
+    def _decode_words(sch, decode, knob):
+        """One thread decodes one packed word (8 weights) at a time with the fast-decode intrinsic."""
+        symmetric = len(sch.get(decode).reads) == 2
+        row, col = sch.get_loops(decode)[-2:]
+        word, nibble = sch.split(col, [None, 8])
+        words = sch.blockize(nibble)
+        _, wm, wn, tx = sch.split(sch.fuse(row, word), [None, knob["warps_m"], knob["warps_n"], 32])
+        sch.bind(tx, "threadIdx.x")
+        sch.bind(sch.fuse(wm, wn), "threadIdx.y")
+        sch.tensorize(words, intrinsics.DECODE_SYM if symmetric else intrinsics.DECODE_ASYM)
+
     def _fetch(self, sch, outer, decode, loops, knob):
         k0 = loops["k0"]
         a_shared = sch.cache_read(outer, 0, "shared.dyn")
@@ -110,7 +123,7 @@ class W4A16TensorCore(ScheduleRule):
         sch.compute_at(packed_shared, k0)
         self._spread(sch, packed_shared, 4, knob)
         sch.storage_align(decode, 0, axis=-2, factor=32, offset=8)
-        self._spread(sch, decode, 4, knob)
+        self._decode_words(sch, decode, knob)
         ahead = knob["prefetch"]
         sch.annotate(k0, "software_pipeline_stage", [0, 0, ahead, ahead])
         sch.annotate(k0, "software_pipeline_order", [0, 1, 2, 3])
