@@ -75,10 +75,32 @@ def schedule(op: W4A16Op, target, database=None):
     return sch.mod, chosen, "default"
 
 
-def build(op: W4A16Op, target, database=None) -> W4A16Kernel:
-    """Schedule and compile ``op`` for ``target``."""
+def committed_database(target):
+    """The committed tuning database for ``target``'s arch (``tuning_logs/<arch>``), or None."""
+    from .codegen import arch_of  # pylint: disable=import-outside-toplevel
+    from .tuning import database_dir, open_database  # pylint: disable=import-outside-toplevel
+
+    return open_database(database_dir(arch_of(target)))
+
+
+def build(op: W4A16Op, target, database="auto") -> W4A16Kernel:
+    """Schedule and compile ``op`` for ``target``.
+
+    Parameters
+    ----------
+    op : W4A16Op
+        The workload.
+    target : tvm.target.Target
+        A CUDA target.
+    database : "auto", Database or None
+        Tuning records to apply when they hold this workload; ``"auto"`` uses the committed
+        ``tuning_logs/<arch>`` database, None uses the rule's default config. ``kernel.source`` says
+        which was used.
+    """
     from .codegen import build_module  # pylint: disable=import-outside-toplevel
 
+    if isinstance(database, str) and database == "auto":
+        database = committed_database(target)
     mod, chosen, source = schedule(op, target, database)
     with tvm.transform.PassContext(config=PASS_CONFIG):
         module = build_module(mod, target)

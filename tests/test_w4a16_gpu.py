@@ -48,3 +48,43 @@ def test_matches_float64(target, scheme, m, k, n):
     assert np.isfinite(out).all(), f"{kernel.rule}: unwritten or non-finite outputs"
     err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
     assert err < 1e-2, f"{kernel.rule} m={m} k={k} n={n}: relative error {err:.2e}"
+
+
+def _tuned_workloads():
+    """(K, N, M) of every workload in the committed database of the local GPU's arch."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.tuning import database_dir  # pylint: disable=import-outside-toplevel
+
+    arch = detect_cuda_arch()
+    path = database_dir(arch or "sm_90") / "database_workload.json"
+    if arch is None or not path.exists():
+        return []
+    names = []
+    for line in path.read_text().splitlines():
+        text = json.dumps(json.loads(line))
+        for token in text.replace('"', " ").split():
+            if token.startswith("w4a16_g128_m") and "_n" in token and "_k" in token:
+                names.append(token.split("_d32")[0])
+    shapes = set()
+    for name in names:
+        m, n, k = (int(part[1:]) for part in name.split("_")[2:5])
+        shapes.add((k, n, m))
+    return sorted(shapes)
+
+
+@pytest.mark.parametrize("k,n,m", _tuned_workloads() or [pytest.param(0, 0, 0, marks=pytest.mark.skip("no database"))])
+def test_tuned_and_default_match_float64(target, k, n, m):
+    rng = np.random.default_rng()
+    scheme = get_scheme("w4a16-g128")
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), scheme)
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    ref = reference_matmul(x, qw)
+    tuned = build(W4A16Op(n, k, scheme, m), target)
+    assert tuned.source == "tuned"
+    for kernel in (tuned, build(W4A16Op(n, k, scheme, m), target, database=None)):
+        out = _run(kernel, x, qw).astype(np.float64)
+        assert np.isfinite(out).all()
+        err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        assert err < 1e-2, f"{kernel.source} {kernel.rule}: relative error {err:.2e}"
