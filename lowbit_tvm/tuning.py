@@ -25,9 +25,12 @@ def database_dir(arch: str, root: Path | None = None) -> Path:
 
 def open_database(folder: Path, create: bool = False):
     """The JSON database in ``folder``; None when it does not exist and ``create`` is False."""
+    from .schedules import intrinsics  # pylint: disable=import-outside-toplevel
+
     folder = Path(folder)
     if not create and not (folder / _RECORDS).exists():
         return None
+    intrinsics.register()  # the stored traces name our tensor intrinsics
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(
         path_workload=str(folder / _WORKLOADS), path_tuning_record=str(folder / _RECORDS), allow_missing=True
@@ -102,10 +105,35 @@ def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path
             cost_model=cost_model_name(),
             builder=ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300),
         )
-        best = db.get_all_tuning_records()
-        if not best:
-            return None
+        _commit_default(db, chosen, func, target)
+        records = db.get_all_tuning_records()
         pruned = open_database(out_dir, create=True)
         db.dump_pruned(pruned)
-    times = [float(sum(r.run_secs) / len(r.run_secs)) for r in best if r.run_secs]
+    times = [_mean(r.run_secs) for r in records if r.run_secs]
     return min(times) * 1e6 if times else None
+
+
+def _mean(run_secs) -> float:
+    return float(sum(float(t) for t in run_secs) / len(run_secs))
+
+
+def _commit_default(db, chosen, func, target):
+    """Measure the rule's default config like any candidate and add it to ``db``.
+
+    The pruned database then keeps a searched schedule only where it beat the default.
+    """
+    from .tvm_api import Schedule  # pylint: disable=import-outside-toplevel
+
+    sch = Schedule(func)
+    chosen.rule.schedule(sch, target, tunable=False, config=chosen.config)
+    builder = ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300)
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        return
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    (future,) = ms.runner.LocalRunner().run([ms.runner.RunnerInput(built.artifact_path, "cuda", args_info)])
+    result = future.result()
+    if result.error_msg or not result.run_secs:
+        return
+    workload = db.commit_workload(ms.tir_integration._normalize_mod(func))  # pylint: disable=protected-access
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args_info))

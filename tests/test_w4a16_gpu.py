@@ -52,25 +52,18 @@ def test_matches_float64(target, scheme, m, k, n):
 
 def _tuned_workloads():
     """(K, N, M) of every workload in the committed database of the local GPU's arch."""
-    import json  # pylint: disable=import-outside-toplevel
-
     from lowbit_tvm.codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel
-    from lowbit_tvm.tuning import database_dir  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.tuning import database_dir, open_database  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.tvm_api import ms  # pylint: disable=import-outside-toplevel
 
     arch = detect_cuda_arch()
-    path = database_dir(arch or "sm_90") / "database_workload.json"
-    if arch is None or not path.exists():
+    database = open_database(database_dir(arch)) if arch else None
+    if database is None:
         return []
-    names = []
-    for line in path.read_text().splitlines():
-        text = json.dumps(json.loads(line))
-        for token in text.replace('"', " ").split():
-            if token.startswith("w4a16_g128_m") and "_n" in token and "_k" in token:
-                names.append(token.split("_d32")[0])
     shapes = set()
-    for name in names:
-        m, n, k = (int(part[1:]) for part in name.split("_")[2:5])
-        shapes.add((k, n, m))
+    for record in database.get_all_tuning_records():
+        a, b = ms.arg_info.ArgInfo.from_prim_func(record.workload.mod["main"])[:2]
+        shapes.add((int(a.shape[1]), int(b.shape[0]), int(a.shape[0])))
     return sorted(shapes)
 
 
