@@ -5,6 +5,7 @@ The search space of a workload is its rule applied with ``tunable=True``: every 
 xgboost imports, random otherwise). Only the best record per workload is kept in the committed
 database.
 """
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -107,10 +108,20 @@ def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path
         )
         _commit_default(db, chosen, func, target)
         records = db.get_all_tuning_records()
-        pruned = open_database(out_dir, create=True)
-        db.dump_pruned(pruned)
+        db.dump_pruned(open_database(out_dir, create=True))
+    prune(out_dir)
     times = [_mean(r.run_secs) for r in records if r.run_secs]
     return min(times) * 1e6 if times else None
+
+
+def prune(folder: Path) -> None:
+    """Rewrite the database in ``folder`` keeping only the best record of each workload."""
+    folder = Path(folder)
+    merged = open_database(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        merged.dump_pruned(open_database(Path(tmp), create=True))
+        for name in (_WORKLOADS, _RECORDS):
+            shutil.copyfile(Path(tmp) / name, folder / name)
 
 
 def _mean(run_secs) -> float:
