@@ -1,0 +1,1 @@
+"""Model graphs that call our kernels (the Relax Llama lands here with the end-to-end issue)."""
