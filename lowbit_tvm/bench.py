@@ -4,6 +4,7 @@ Run on a CUDA machine: ``lowbit-tvm bench`` (or ``python -m lowbit_tvm.bench``).
 records and a PNG plot of speed-up over fp16 vs M.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,4 +146,4 @@ def run_bench(out: Path, scheme_name: str = "w4a16-g128", batches=None, tuned: b
 if __name__ == "__main__":
     from .cli import main  # pylint: disable=import-outside-toplevel
 
-    raise SystemExit(main(["bench", *__import__("sys").argv[1:]]))
+    sys.exit(main(["bench", *sys.argv[1:]]))

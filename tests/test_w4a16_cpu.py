@@ -3,7 +3,7 @@ binaries, tunable spaces replay, and the tuning database round-trips."""
 import numpy as np
 import pytest
 
-from lowbit_tvm.codegen import build_module, cuda_target, device_code_format
+from lowbit_tvm.codegen import build_module, cuda_target, device_code, device_code_format
 from lowbit_tvm.kernel import MAX_SHARED, PASS_CONFIG, schedule
 from lowbit_tvm.ops.w4a16 import W4A16Op
 from lowbit_tvm.quant import get_scheme, quantize, reference_matmul
@@ -51,12 +51,12 @@ def test_tensor_core_path_rejects_unsupported_shape_clearly():
         plan(W4A16Op(1000, 4096, get_scheme("w4a16-g128"), 64))
 
 
-def _binary_build(op, arch):
+def _build(op, arch, binary):
     target = _target(arch)
     mod, chosen, source = schedule(op, target)
     assert source == "default"
     with tvm.transform.PassContext(config=PASS_CONFIG):
-        built = build_module(mod, target)
+        built = build_module(mod, target, binary=binary)
     return built, chosen
 
 
@@ -74,11 +74,15 @@ def _binary_build(op, arch):
     ],
 )
 def test_every_default_schedule_builds_to_binary(arch, m, k, n, scheme):
-    built, chosen = _binary_build(W4A16Op(n, k, get_scheme(scheme), m), arch)
+    op = W4A16Op(n, k, get_scheme(scheme), m)
+    built, chosen = _build(op, arch, binary=True)
     assert device_code_format(built) in ("fatbin", "cubin")
+    source = device_code(_build(op, arch, binary=False)[0])[0].data.decode()
     if isinstance(chosen.rule, W4A16TensorCore):
-        source = "".join(built.device_sources) if hasattr(built, "device_sources") else ""
-        assert source == "" or "mma.sync" in source
+        for instruction in ("mma.sync.aligned.m16n8k16", "ldmatrix", "cp.async", "lowbit_decode_u4x8("):
+            assert instruction in source
+    else:
+        assert "uint4" in source  # 16-byte weight loads
 
 
 @pytest.mark.parametrize("rule", [W4A16Gemv(), W4A16TensorCore()])
