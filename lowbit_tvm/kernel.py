@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from .ops.w4a16 import W4A16Op
-from .schedules.w4a16_dispatch import Plan, plan
+from .schedules.w4a16_dispatch import GEMV_MAX_M, Plan, plan
 from .tvm_api import tvm
 
 PASS_CONFIG = {"tirx.use_async_copy": 1}
@@ -46,6 +46,30 @@ class W4A16Kernel:
         self.module[self.op.name](*args)
 
 
+@dataclass
+class DynamicW4A16Kernel:
+    """A dynamic-M W4A16 kernel: one GEMV kernel per M up to ``GEMV_MAX_M``, tensor cores above.
+
+    Attributes
+    ----------
+    small : dict of int to W4A16Kernel
+        The GEMV kernels by M.
+    large : W4A16Kernel
+        The dynamic-M tensor-core kernel.
+    """
+
+    small: dict
+    large: W4A16Kernel
+
+    def kernel_for(self, m: int) -> W4A16Kernel:
+        """The kernel that serves ``m`` rows."""
+        return self.small.get(int(m), self.large)
+
+    def __call__(self, x, *args):
+        """Run on ``(x, packed, scales[, zeros], out)``, choosing the kernel by ``x.shape[0]``."""
+        self.kernel_for(x.shape[0])(x, *args)
+
+
 def schedule(op: W4A16Op, target, database=None):
     """The scheduled IRModule for ``op`` and where its schedule came from.
 
@@ -83,7 +107,7 @@ def committed_database(target):
     return open_database(database_dir(arch_of(target)))
 
 
-def build(op: W4A16Op, target, database="auto") -> W4A16Kernel:
+def build(op: W4A16Op, target, database="auto"):
     """Schedule and compile ``op`` for ``target``.
 
     Parameters
@@ -96,11 +120,23 @@ def build(op: W4A16Op, target, database="auto") -> W4A16Kernel:
         Tuning records to apply when they hold this workload; ``"auto"`` uses the committed
         ``tuning_logs/<arch>`` database, None uses the rule's default config. ``kernel.source`` says
         which was used.
-    """
-    from .codegen import build_module  # pylint: disable=import-outside-toplevel
 
+    Returns
+    -------
+    W4A16Kernel or DynamicW4A16Kernel
+        The latter when ``op.m`` is None (dynamic M): it dispatches on the rows of each call.
+    """
     if isinstance(database, str) and database == "auto":
         database = committed_database(target)
+    if op.m is None:
+        small = {m: _build_static(op.with_m(m), target, database) for m in range(1, GEMV_MAX_M + 1)}
+        return DynamicW4A16Kernel(small, _build_static(op, target, database))
+    return _build_static(op, target, database)
+
+
+def _build_static(op: W4A16Op, target, database) -> W4A16Kernel:
+    from .codegen import build_module  # pylint: disable=import-outside-toplevel
+
     mod, chosen, source = schedule(op, target, database)
     with tvm.transform.PassContext(config=PASS_CONFIG):
         module = build_module(mod, target)

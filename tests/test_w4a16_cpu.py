@@ -46,6 +46,11 @@ def test_dispatch_picks_gemv_for_small_m_and_tensor_cores_above():
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, None)).rule, W4A16TensorCore)
 
 
+def test_gemv_rule_declines_dynamic_m():
+    op = W4A16Op(4096, 4096, get_scheme("w4a16-g128"), None, "float32")
+    assert W4A16Gemv().apply(op.prim_func(), _target("sm_90")) is None
+
+
 def test_tensor_core_path_rejects_unsupported_shape_clearly():
     with pytest.raises(ShapeError, match="N % 16 == 0"):
         plan(W4A16Op(1000, 4096, get_scheme("w4a16-g128"), 64))

@@ -50,6 +50,21 @@ def test_matches_float64(target, scheme, m, k, n):
     assert err < 1e-2, f"{kernel.rule} m={m} k={k} n={n}: relative error {err:.2e}"
 
 
+def test_dynamic_m_kernel_matches_float64(target):
+    rng = np.random.default_rng()
+    scheme = get_scheme("w4a16-g128")
+    k, n = 4096, 4160
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), scheme)
+    kernel = build(W4A16Op(n, k, scheme, None), target)
+    for m in (1, 5, 8, 9, 16, 33, 200):
+        x = rng.standard_normal((m, k)).astype(np.float16)
+        out = _run(kernel, x, qw).astype(np.float64)
+        ref = reference_matmul(x, qw)
+        assert np.isfinite(out).all(), f"m={m}: unwritten or non-finite outputs"
+        err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        assert err < 1e-2, f"m={m} ({kernel.kernel_for(m).rule}): relative error {err:.2e}"
+
+
 def _tuned_workloads():
     """(K, N, M) of every workload in the committed database of the local GPU's arch."""
     from lowbit_tvm.codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel

@@ -3,11 +3,13 @@
 Each thread owns ``vec`` consecutive K of one output row per step: it loads ``vec / 8`` packed words in
 one vectorised load, decodes them in registers and multiplies them with the activations of every batch
 row, so each weight byte is read once for the whole batch. ``tx`` threads split K and are reduced
-with warp shuffles; ``ty`` rows share a block.
+with warp shuffles; ``ty`` rows share a block. M must be static (a dynamic-M workload gets one such
+kernel per small M, see ``lowbit_tvm.kernel.build``).
 """
 from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, MATMUL
+from ..tvm_api import tirx
 from .rule import ScheduleRule, find_block
 
 
@@ -33,6 +35,8 @@ class W4A16Gemv(ScheduleRule):
         if any(block is None for block in blocks):
             return False
         decode, matmul, cast = blocks
+        if not isinstance(sch.get(sch.get_loops(matmul)[0]).extent, tirx.IntImm):
+            return False  # per-thread accumulators for every row need a static M
         knob = self.knobs(sch, tunable, config)
         sch.compute_inline(decode)
         i, j, k = sch.get_loops(matmul)
