@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from .ops.w4a16 import W4A16Op
-from .schedules.w4a16_dispatch import GEMV_MAX_M, Plan, plan
+from .schedules.w4a16_dispatch import GEMV_MAX_M, Plan, ShapeError, plan
 from .tvm_api import tvm
 
 PASS_CONFIG = {"tirx.use_async_copy": 1}
@@ -42,8 +42,46 @@ class W4A16Kernel:
     module: object
 
     def __call__(self, *args):
-        """Run on ``(x, packed, scales[, zeros], out)`` (TVM tensors or DLPack tensors such as torch's)."""
-        self.module[self.op.name](*args)
+        """Run on ``(x, packed, scales[, zeros], out)`` (TVM tensors or DLPack tensors such as torch's).
+
+        Raises
+        ------
+        ShapeError
+            If the arguments' count, shapes or dtypes do not fit the workload.
+        """
+        check_args(self.op, args)
+        self.function(*args)
+
+    @property
+    def function(self):
+        """The compiled function without argument checks (for hot loops and timing)."""
+        return self.module[self.op.name]
+
+
+def _expected_args(op: W4A16Op, m) -> list:
+    groups = op.scheme.groups(op.k)
+    expected = [("x", (m, op.k), "float16"), ("packed", (op.n, op.k // 8), "uint32")]
+    expected.append(("scales", (op.n, groups), "float16"))
+    if not op.scheme.symmetric:
+        expected.append(("zeros", (op.n, groups), "float16"))
+    expected.append(("out", (m, op.n), "float16"))
+    return expected
+
+
+def check_args(op: W4A16Op, args) -> None:
+    """Check call arguments against ``op``; a clear ``ShapeError`` instead of a TVM type error."""
+    if not args:
+        raise ShapeError(f"{op.name}: no arguments; expected x, packed, scales[, zeros], out")
+    m = op.m if op.m is not None else tuple(args[0].shape)[0]
+    expected = _expected_args(op, m)
+    if len(args) != len(expected):
+        names = ", ".join(name for name, _, _ in expected)
+        raise ShapeError(f"{op.name}: expected {len(expected)} arguments ({names}), got {len(args)}")
+    for arg, (name, shape, dtype) in zip(args, expected):
+        got_shape = tuple(int(d) for d in arg.shape)
+        got_dtype = str(arg.dtype).replace("torch.", "")
+        if got_shape != tuple(shape) or got_dtype != dtype:
+            raise ShapeError(f"{op.name}: {name} must be {dtype} {tuple(shape)}, got {got_dtype} {got_shape}")
 
 
 @dataclass

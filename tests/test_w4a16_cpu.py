@@ -46,6 +46,24 @@ def test_dispatch_picks_gemv_for_small_m_and_tensor_cores_above():
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, None)).rule, W4A16TensorCore)
 
 
+def test_kernel_arguments_are_checked_with_clear_errors():
+    from lowbit_tvm.kernel import check_args  # pylint: disable=import-outside-toplevel
+
+    op = W4A16Op(64, 128, get_scheme("w4a16-g32-asym"), None)
+    qw = quantize(np.random.default_rng().standard_normal((64, 128), dtype=np.float32), op.scheme)
+    x = np.zeros((3, 128), np.float16)
+    out = np.zeros((3, 64), np.float16)
+    check_args(op, (x, qw.packed, qw.scales, qw.zeros, out))
+    with pytest.raises(ShapeError, match="expected 5 arguments"):
+        check_args(op, (x, qw.packed, qw.scales, out))
+    with pytest.raises(ShapeError, match=r"x must be float16 \(3, 128\), got float32"):
+        check_args(op, (x.astype(np.float32), qw.packed, qw.scales, qw.zeros, out))
+    with pytest.raises(ShapeError, match="packed must be uint32"):
+        check_args(op, (x, qw.packed.view(np.int32), qw.scales, qw.zeros, out))
+    with pytest.raises(ShapeError, match="out must be"):
+        check_args(op, (x, qw.packed, qw.scales, qw.zeros, out[:2]))
+
+
 def test_gemv_rule_declines_dynamic_m():
     op = W4A16Op(4096, 4096, get_scheme("w4a16-g128"), None, "float32")
     assert W4A16Gemv().apply(op.prim_func(), _target("sm_90")) is None
