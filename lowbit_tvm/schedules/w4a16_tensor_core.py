@@ -1,9 +1,9 @@
 """W4A16 on tensor cores: decode in shared memory, ldmatrix + mma.sync m16n8k16, fp32 accumulators.
 
 Per K step of ``16 * k_inner``: activations are copied to shared memory with ``cp.async`` and the
-packed int4 weights likewise (a quarter of the fp16 bytes); the weights are then decoded in
-shared memory (shift, mask, fp16 exponent trick, scale) into the fp16 tile that ``ldmatrix`` feeds to
-``mma.sync``. The copies run ``prefetch`` steps ahead of the math (software pipeline). Each warp
+packed int4 weights likewise (a quarter of the fp16 bytes); each thread then decodes whole packed words
+with the ``lowbit_decode_u4x8`` intrinsic (half2 exponent trick and scale, one 16-byte store) into the
+fp16 shared tile that ``ldmatrix`` feeds to ``mma.sync``. The copies run ``prefetch`` steps ahead of the math (software pipeline). Each warp
 owns ``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block.
 """
 from dataclasses import dataclass
@@ -53,7 +53,7 @@ class W4A16TensorCore(ScheduleRule):
         if sch.get(blocks[0]).writes[0].source.dtype != "float16":
             return False
         intrinsics.register()
-        decode, matmul, cast = blocks
+        decode, matmul, _ = blocks
         knob = self.knobs(sch, tunable, config)
         self._pad(sch, matmul, knob)
         outer, inner, loops = self._tile(sch, matmul, knob)
