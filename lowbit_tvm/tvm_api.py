@@ -12,10 +12,11 @@ from tvm.s_tir import TensorIntrin
 from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
 from tvm.target import Target
+from tvm_ffi import structural_equal
 
 TVM_VERSION = tvm.__version__
 
-__all__ = ["T", "TVM_VERSION", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "tirx", "tvm"]
+__all__ = ["T", "TVM_VERSION", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "structural_equal", "tirx", "tvm"]
 
 
 def load_tensor_intrinsics():
