@@ -16,6 +16,9 @@ class ScheduleRule(ABC):
     name = "rule"
     Config = None
     SPACE: dict = {}
+    # Knobs that keep their config value while tuning (e.g. ones that size padding or sit inside list
+    # annotations, which must be plain integers in a MetaSchedule trace).
+    FIXED_WHEN_TUNING: tuple = ()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False, config=None):
         """Schedule ``func`` for ``target``.
@@ -43,13 +46,10 @@ class ScheduleRule(ABC):
     def schedule(self, sch: Schedule, target: Target, tunable: bool = False, config=None) -> bool:
         """Schedule ``sch`` in place (as ``apply``); False when it is not this rule's pattern."""
 
-    FIXED_WHEN_TUNING: tuple = ()
-
     def knobs(self, sch: Schedule, tunable: bool, config) -> dict:
         """The knob values for one application: ints, or sampled variables when tunable.
 
-        Knobs named in ``FIXED_WHEN_TUNING`` keep their ``config`` value even when tuning (they size
-        padding, which needs a known integer).
+        Knobs named in ``FIXED_WHEN_TUNING`` keep their ``config`` value even when tuning.
         """
         config = config or self.Config()
         values = asdict(config)
