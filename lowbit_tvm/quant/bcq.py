@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import QuantizationError
 from .int4 import FP16_MAX, _check_finite, _describe, to_float_numpy
-from .scheme import ALLOWED_GROUP_SIZES, PER_CHANNEL, _is_int
+from .scheme import ALLOWED_GROUP_SIZES, PER_CHANNEL, GroupedScheme, _is_int
 
 #: Bit widths (binary planes per weight) supported by BCQ.
 BCQ_BITS = (2, 3, 4)
@@ -34,7 +34,7 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
-class BCQScheme:
+class BCQScheme(GroupedScheme):
     """Binary-coding quantization scheme.
 
     Parameters
@@ -52,6 +52,8 @@ class BCQScheme:
     QuantizationError
         If a field is not an allowed value.
     """
+
+    _JSON_KIND = "BCQ "
 
     bits: int = 3
     group_size: int = 128
@@ -83,110 +85,6 @@ class BCQScheme:
         group = "pc" if self.is_per_row else f"g{self.group_size}"
         suffix = "" if self.offset else "-nooff"
         return f"bcq{self.bits}-{group}{suffix}"
-
-    def group_len(self, k: int) -> int:
-        """Group size actually used for a reduction length ``k``.
-
-        Parameters
-        ----------
-        k : int
-            Reduction (input-feature) dimension of the weight.
-
-        Returns
-        -------
-        int
-            ``k`` when per row, else ``group_size``.
-
-        Raises
-        ------
-        QuantizationError
-            If ``k`` is not a positive integer or not divisible by the group size.
-        """
-        self.groups(k)
-        return int(k) if self.is_per_row else self.group_size
-
-    def groups(self, k: int) -> int:
-        """Number of groups along K.
-
-        Parameters
-        ----------
-        k : int
-            Reduction (input-feature) dimension of the weight.
-
-        Returns
-        -------
-        int
-            ``k // group_size`` (1 when per row).
-
-        Raises
-        ------
-        QuantizationError
-            If ``k`` is not a positive integer or not divisible by the group size.
-        """
-        if not _is_int(k) or k <= 0:
-            raise QuantizationError(f"K must be a positive integer, got {k!r}")
-        if self.is_per_row:
-            return 1
-        if k % self.group_size != 0:
-            raise QuantizationError(
-                f"K={k} is not divisible by the group size {self.group_size} of "
-                f"scheme {self.name!r}; pick a group size dividing K (one of "
-                f"{list(ALLOWED_GROUP_SIZES)}) or pad K with zeros"
-            )
-        return int(k) // self.group_size
-
-    def to_json(self) -> dict:
-        """Serialise to a JSON-compatible dict.
-
-        Returns
-        -------
-        dict
-            Keys ``name``, ``bits``, ``group_size`` and ``offset``.
-        """
-        return {
-            "name": self.name,
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "offset": self.offset,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BCQScheme":
-        """Build a scheme from the output of :meth:`to_json`.
-
-        Parameters
-        ----------
-        d : dict
-            Must hold ``bits``, ``group_size`` and ``offset``; ``name`` is
-            optional and, if present, must match the rebuilt scheme.
-
-        Returns
-        -------
-        BCQScheme
-            The reconstructed scheme.
-
-        Raises
-        ------
-        QuantizationError
-            On missing or unknown keys, invalid values or a mismatching name.
-        """
-        if not isinstance(d, dict):
-            raise QuantizationError(f"expected a dict, got {type(d).__name__}")
-        required = {"bits", "group_size", "offset"}
-        missing = required - d.keys()
-        unknown = d.keys() - required - {"name"}
-        if missing or unknown:
-            raise QuantizationError(
-                f"bad BCQ scheme JSON: missing keys {sorted(missing)}, unknown keys "
-                f"{sorted(unknown)}; expected {sorted(required)} and optional 'name'"
-            )
-        scheme = cls(bits=d["bits"], group_size=d["group_size"], offset=d["offset"])
-        if "name" in d and d["name"] != scheme.name:
-            raise QuantizationError(
-                f"BCQ scheme JSON name {d['name']!r} does not match its fields "
-                f"(which describe {scheme.name!r})"
-            )
-        return scheme
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from ..errors import QuantizationError
 
@@ -13,8 +13,107 @@ ALLOWED_BITS = (4,)
 PER_CHANNEL = -1
 
 
+class GroupedScheme:
+    """What every scheme that groups weights along K shares: group counts and the JSON record.
+
+    Subclasses are frozen dataclasses with a ``group_size`` field (``-1`` = one group spanning K) and a
+    ``name`` property; ``_JSON_KIND`` prefixes their JSON error messages.
+    """
+
+    _JSON_KIND = ""
+
+    def group_len(self, k: int) -> int:
+        """Group size actually used for a reduction length ``k``.
+
+        Parameters
+        ----------
+        k : int
+            Reduction (input-feature) dimension of the weight.
+
+        Returns
+        -------
+        int
+            ``k`` when one group spans K, else ``group_size``.
+
+        Raises
+        ------
+        QuantizationError
+            If ``k`` is not a positive integer or not divisible by the group size.
+        """
+        self.groups(k)
+        return int(k) if self.group_size == PER_CHANNEL else self.group_size
+
+    def groups(self, k: int) -> int:
+        """Number of quantization groups along K.
+
+        Parameters
+        ----------
+        k : int
+            Reduction (input-feature) dimension of the weight.
+
+        Returns
+        -------
+        int
+            ``k // group_size`` (1 when one group spans K).
+
+        Raises
+        ------
+        QuantizationError
+            If ``k`` is not a positive integer or not divisible by the group size.
+        """
+        if not _is_int(k) or k <= 0:
+            raise QuantizationError(f"K must be a positive integer, got {k!r}")
+        if self.group_size == PER_CHANNEL:
+            return 1
+        if k % self.group_size != 0:
+            raise QuantizationError(
+                f"K={k} is not divisible by the group size {self.group_size} of "
+                f"scheme {self.name!r}; pick a group size dividing K "
+                f"(one of {list(ALLOWED_GROUP_SIZES)}) or pad K with zeros to a "
+                f"multiple of {self.group_size}"
+            )
+        return int(k) // self.group_size
+
+    def to_json(self) -> dict:
+        """Serialise to a JSON-compatible dict: ``name`` plus every field."""
+        return {"name": self.name, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict):
+        """Build a scheme from the output of :meth:`to_json`.
+
+        Parameters
+        ----------
+        d : dict
+            Must hold every field; ``name`` is optional and, if present, must match the rebuilt scheme.
+
+        Raises
+        ------
+        QuantizationError
+            On missing or unknown keys, invalid values or a mismatching name.
+        """
+        if not isinstance(d, dict):
+            raise QuantizationError(f"expected a dict, got {type(d).__name__}")
+        required = {field.name for field in fields(cls)}
+        missing = required - d.keys()
+        unknown = d.keys() - required - {"name"}
+        kind = cls._JSON_KIND
+        if missing or unknown:
+            raise QuantizationError(
+                f"bad {kind}scheme JSON: missing keys {sorted(missing)}, unknown keys "
+                f"{sorted(unknown)}; expected {sorted(required)} and optional 'name'"
+            )
+        scheme = cls(**{key: d[key] for key in required})
+        if "name" in d and d["name"] != scheme.name:
+            raise QuantizationError(
+                f"{kind}scheme JSON name {d['name']!r} does not match its fields "
+                f"(which describe {scheme.name!r})"
+            )
+        return scheme
+
+
 @dataclass(frozen=True)
-class Int4Scheme:
+class Int4Scheme(GroupedScheme):
     """Weight-only int4 group quantization along K (W4A16).
 
     Parameters
@@ -68,113 +167,6 @@ class Int4Scheme:
         if self.symmetric:
             return base
         return base + "-asym"
-
-    def group_len(self, k: int) -> int:
-        """Group size actually used for a reduction length ``k``.
-
-        Parameters
-        ----------
-        k : int
-            Reduction (input-feature) dimension of the weight.
-
-        Returns
-        -------
-        int
-            ``k`` itself when per-channel, else ``group_size``.
-
-        Raises
-        ------
-        QuantizationError
-            If ``k`` is not a positive integer or not divisible by the group size.
-        """
-        self.groups(k)
-        if self.is_per_channel:
-            return int(k)
-        return self.group_size
-
-    def groups(self, k: int) -> int:
-        """Number of quantization groups along K.
-
-        Parameters
-        ----------
-        k : int
-            Reduction (input-feature) dimension of the weight.
-
-        Returns
-        -------
-        int
-            ``k // group_size`` (1 when per-channel).
-
-        Raises
-        ------
-        QuantizationError
-            If ``k`` is not a positive integer or not divisible by the group size.
-        """
-        if not _is_int(k) or k <= 0:
-            raise QuantizationError(f"K must be a positive integer, got {k!r}")
-        if self.is_per_channel:
-            return 1
-        if k % self.group_size != 0:
-            raise QuantizationError(
-                f"K={k} is not divisible by the group size {self.group_size} of "
-                f"scheme {self.name!r}; pick a group size dividing K "
-                f"(one of {list(ALLOWED_GROUP_SIZES)}) or pad K with zeros to a "
-                f"multiple of {self.group_size}"
-            )
-        return int(k) // self.group_size
-
-    def to_json(self) -> dict:
-        """Serialise to a JSON-compatible dict.
-
-        Returns
-        -------
-        dict
-            Keys ``name``, ``group_size``, ``symmetric`` and ``bits``.
-        """
-        return {
-            "name": self.name,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "bits": self.bits,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Int4Scheme":
-        """Build a scheme from the output of :meth:`to_json`.
-
-        Parameters
-        ----------
-        d : dict
-            Must hold ``group_size``, ``symmetric`` and ``bits``; ``name`` is
-            optional and, if present, must match the rebuilt scheme.
-
-        Returns
-        -------
-        Int4Scheme
-            The reconstructed scheme.
-
-        Raises
-        ------
-        QuantizationError
-            On missing or unknown keys, invalid values or a mismatching name.
-        """
-        if not isinstance(d, dict):
-            raise QuantizationError(f"expected a dict, got {type(d).__name__}")
-        required = {"group_size", "symmetric", "bits"}
-        missing = required - d.keys()
-        unknown = d.keys() - required - {"name"}
-        if missing or unknown:
-            raise QuantizationError(
-                f"bad scheme JSON: missing keys {sorted(missing)}, unknown keys "
-                f"{sorted(unknown)}; expected {sorted(required)} and optional 'name'"
-            )
-        scheme = cls(group_size=d["group_size"], symmetric=d["symmetric"], bits=d["bits"])
-        if "name" in d and d["name"] != scheme.name:
-            raise QuantizationError(
-                f"scheme JSON name {d['name']!r} does not match its fields "
-                f"(which describe {scheme.name!r})"
-            )
-        return scheme
 
 
 def _is_int(value) -> bool:
