@@ -53,19 +53,23 @@ def bench_shape(torch, target, k, n, batches, scheme, bandwidth, database=None):
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((n, k), dtype=np.float32)
     qw = quantize(weight, scheme)
-    packed = torch.from_numpy(qw.packed).cuda()
-    scales = torch.from_numpy(qw.scales).cuda()
     w16 = torch.from_numpy(weight).cuda().half()
     tg_packed, tg_sz = _tinygemm(torch, weight, scheme.group_len(k))
+    dynamic = build(W4A16Op(n, k, scheme, None), target, database)
+    dynamic_weights = [torch.from_numpy(a).cuda() for a in dynamic.prepare(qw)]
     records = []
     for m in batches:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         xb = x.bfloat16()
         out = torch.empty(m, n, device="cuda", dtype=torch.float16)
         kernel = build(W4A16Op(n, k, scheme, m), target, database)
-        kernel(x, packed, scales, out)  # checks the arguments once
+        weights = [torch.from_numpy(a).cuda() for a in kernel.prepare(qw)]
+        kernel(x, *weights, out)  # checks the arguments once
         run = kernel.function
-        ours = _time(lambda: run(x, packed, scales, out))
+        ours = _time(lambda: run(x, *weights, out))
+        dynamic(x, *dynamic_weights, out)
+        run_dynamic = dynamic.function_for(m)
+        ours_dynamic = _time(lambda: run_dynamic(x, *dynamic_weights, out))
         fp16 = _time(lambda: torch.nn.functional.linear(x, w16))
         tiny = _time(lambda: torch.ops.aten._weight_int4pack_mm(xb, tg_packed, scheme.group_len(k), tg_sz))
         nbytes = qw.packed.nbytes + qw.scales.nbytes + 2 * m * (k + n)
@@ -77,10 +81,12 @@ def bench_shape(torch, target, k, n, batches, scheme, bandwidth, database=None):
                 "N": n,
                 "K": k,
                 "us": ours,
+                "dynamic_us": ours_dynamic,
                 "fp16_us": fp16,
                 "tinygemm_us": tiny,
                 "floor_us": nbytes / bandwidth * 1e6,
                 "rule": kernel.rule,
+                "layout": kernel.op.layout,
                 "schedule": kernel.source,
                 "gpu": torch.cuda.get_device_name(),
             }
@@ -91,7 +97,8 @@ def bench_shape(torch, target, k, n, batches, scheme, bandwidth, database=None):
 
 def _row(r):
     return (
-        f"K={r['K']:6d} N={r['N']:6d} M={r['M']:4d} ours {r['us']:8.1f} us  fp16 {r['fp16_us']:8.1f}  "
+        f"K={r['K']:6d} N={r['N']:6d} M={r['M']:4d} ours {r['us']:8.1f} us (dynamic-M {r['dynamic_us']:8.1f})  "
+        f"fp16 {r['fp16_us']:8.1f}  "
         f"tinygemm {r['tinygemm_us']:8.1f}  floor {r['floor_us']:7.1f}  x{r['fp16_us'] / r['us']:.2f} vs fp16  "
         f"[{r['rule']}, {r['schedule']}]"
     )
@@ -117,8 +124,8 @@ def plot(records, path: Path):
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def run_bench(out: Path, scheme_name: str = "w4a16-g128", batches=None, tuned: bool = True):
-    """Benchmark every Llama shape and write ``<out>/<gpu>/w4a16.json`` and ``w4a16.png``."""
+def run_bench(out: Path, scheme_name: str = "w4a16-g128", batches=None, tuned: bool = True, shapes=None):
+    """Benchmark ``shapes`` (K, N) (default: the Llama shapes); write ``<out>/<gpu>/w4a16.json`` and ``.png``."""
     import torch  # pylint: disable=import-outside-toplevel
 
     from .codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel
@@ -134,15 +141,28 @@ def run_bench(out: Path, scheme_name: str = "w4a16-g128", batches=None, tuned: b
     gpu = torch.cuda.get_device_name()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s on {gpu}; tuning database: {database is not None}")
     records = []
-    for k, n in LLAMA_SHAPES:
+    for k, n in shapes or LLAMA_SHAPES:
         records += bench_shape(torch, default_target(arch), k, n, batches or BATCHES, get_scheme(scheme_name),
                                bandwidth, database)
     folder = Path(out) / gpu.replace(" ", "_").lower()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "w4a16.json").write_text(json.dumps(records, indent=1))
+    path = folder / "w4a16.json"
+    records = _merge(path, records)
+    path.write_text(json.dumps(records, indent=1))
     plot(records, folder / "w4a16.png")
-    print("wrote", folder / "w4a16.json")
+    print("wrote", path)
     return records
+
+
+def _merge(path: Path, records: list) -> list:
+    """``records`` plus the earlier records in ``path`` of workloads (scheme, K, N, M) not measured now."""
+    if not path.exists():
+        return records
+    measured = {(r["scheme"], r["K"], r["N"], r["M"]) for r in records}
+    kept = [r for r in json.loads(path.read_text()) if (r["scheme"], r["K"], r["N"], r["M"]) not in measured]
+    if kept:
+        print(f"kept {len(kept)} earlier records of workloads not measured in this run from {path}")
+    return sorted(kept + records, key=lambda r: (r["scheme"], r["K"], r["N"], r["M"]))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def _add_bench(sub):
     p.add_argument("--scheme", default="w4a16-g128", help="quantization scheme (default w4a16-g128)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="values of M (default 1 16 32 64 128 256)")
     p.add_argument("--no-tuned", action="store_true", help="ignore the tuning database (default configs only)")
+    p.add_argument("--shapes", type=_shape, nargs="+", default=None,
+                   help="weight shapes KxN (default: the six Llama shapes of the README table)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         else:
             from .bench import run_bench  # pylint: disable=import-outside-toplevel
 
-            run_bench(args.out, args.scheme, args.batches, not args.no_tuned)
+            run_bench(args.out, args.scheme, args.batches, not args.no_tuned, args.shapes)
     except LowbitError as exc:
         print(f"lowbit-tvm {args.command}: error: {exc}", file=sys.stderr)
         return 2

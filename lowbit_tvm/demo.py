@@ -32,10 +32,13 @@ def _rel_err(out, ref):
     return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
-def _check_on_cpu(op, x, qw):
+def _check_on_cpu(kernel, x, qw):
+    """The kernel's operator (same weight layout and decode) built for the CPU, vs float64."""
+    op = kernel.op
     lib = tvm.compile(op.prim_func(), target="llvm")
     out = tvm.runtime.tensor(np.full((M, N), np.nan, dtype=np.float16))
-    lib[op.name](tvm.runtime.tensor(x), tvm.runtime.tensor(qw.packed), tvm.runtime.tensor(qw.scales), out)
+    weights = [tvm.runtime.tensor(a) for a in kernel.prepare(qw)]
+    lib[op.name](tvm.runtime.tensor(x), *weights, out)
     return _rel_err(out.numpy(), reference_matmul(x, qw))
 
 
@@ -43,7 +46,7 @@ def _check_on_gpu(kernel, x, qw, weight):
     import torch  # pylint: disable=import-outside-toplevel
     import triton.testing  # pylint: disable=import-outside-toplevel
 
-    args = [torch.from_numpy(a).cuda() for a in (x, qw.packed, qw.scales)]
+    args = [torch.from_numpy(a).cuda() for a in [x, *kernel.prepare(qw)]]
     out = torch.full((M, N), float("nan"), dtype=torch.float16, device="cuda")
     kernel(*args, out)
     torch.cuda.synchronize()
@@ -75,7 +78,7 @@ def run_demo(output: Path, arch: str | None = None, overwrite: bool = False) -> 
         err, ours, fp16 = _check_on_gpu(kernel, x, qw, weight)
         print(f"[4/4] GPU: relative error vs float64 {err:.2e}; {ours:.1f} us vs fp16 {fp16:.1f} us ({fp16 / ours:.2f}x)")
     else:
-        err = _check_on_cpu(op.with_decode("float32"), x, qw)
+        err = _check_on_cpu(kernel, x, qw)
         print(f"[4/4] no CUDA GPU here: checked the same operator on the CPU (llvm): relative error {err:.2e}")
     if err > 1e-2:
         raise LowbitError(f"relative error {err:.2e} is above 1e-2")

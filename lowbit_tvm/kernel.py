@@ -2,10 +2,18 @@
 from dataclasses import dataclass
 
 from .ops.w4a16 import W4A16Op
-from .schedules.w4a16_dispatch import GEMV_MAX_M, Plan, ShapeError, plan
+from .quant import QuantizedWeight
+from .quant.mma_layout import to_mma_layout
+from .schedules.w4a16_dispatch import Plan, ShapeError, plan, tensor_core_config
 from .tvm_api import tvm
 
-PASS_CONFIG = {"tirx.use_async_copy": 1}
+# Batch-size buckets of a dynamic-M kernel: one tensor-core function per bucket (its tiles sized for
+# that many rows); the last also serves every larger batch.
+DYNAMIC_BUCKETS = (16, 32, 64, 256)
+
+# Async global->shared copies; no TIR common-subexpression elimination: it hides the lane index of
+# warp-memory stores from LowerWarpMemory (nvcc does its own CSE).
+PASS_CONFIG = {"tirx.use_async_copy": 1, "tirx.disable_cse_tir": True}
 
 # Shared memory a block may opt into, per architecture (the tensor-core kernel uses dynamic shared
 # memory beyond the default 48 KB).
@@ -27,7 +35,7 @@ class W4A16Kernel:
     Attributes
     ----------
     op : W4A16Op
-        The workload (with the decode dtype its rule uses).
+        The workload (with the decode dtype and weight layout its rule uses).
     rule : str
         The schedule rule that produced it.
     source : str
@@ -41,8 +49,18 @@ class W4A16Kernel:
     source: str
     module: object
 
+    def prepare(self, qw: QuantizedWeight) -> list:
+        """The weight arguments ``[packed, scales(, zeros)]`` of this kernel for ``qw`` (NumPy arrays).
+
+        ``packed`` is re-laid out offline to what the kernel reads (``op.layout``); copy the arrays to the
+        device once and pass them to every call.
+        """
+        return prepare_weights(self.op, qw)
+
     def __call__(self, *args):
         """Run on ``(x, packed, scales[, zeros], out)`` (TVM tensors or DLPack tensors such as torch's).
+
+        The weight arguments are what ``prepare`` returns.
 
         Raises
         ------
@@ -58,9 +76,62 @@ class W4A16Kernel:
         return self.module[self.op.name]
 
 
+def prepare_weights(op: W4A16Op, qw: QuantizedWeight) -> list:
+    """``[packed, scales(, zeros)]`` of ``qw`` in the layout ``op`` reads (see ``W4A16Kernel.prepare``)."""
+    if (qw.shape[0], qw.shape[1]) != (op.n, op.k) or qw.scheme != op.scheme:
+        raise ShapeError(
+            f"{op.name}: weight is {qw.scheme.name} {qw.shape}, kernel wants {op.scheme.name} ({op.n}, {op.k})"
+        )
+    packed = to_mma_layout(qw.packed) if op.layout == "mma" else qw.packed
+    return [packed, qw.scales] + ([] if qw.zeros is None else [qw.zeros])
+
+
+@dataclass
+class DynamicW4A16Kernel:
+    """A dynamic-M W4A16 kernel: one module with a tensor-core function per batch-size bucket.
+
+    Every function reads the same ``"mma"``-layout weights, so a model keeps one copy of them.
+
+    Attributes
+    ----------
+    op : W4A16Op
+        The workload (``m`` is None).
+    buckets : tuple of (int, str)
+        ``(largest M, function name)`` per bucket, ascending; the last serves every larger M too.
+    module : tvm.runtime.Module
+        The runnable module holding every bucket's function.
+    """
+
+    op: W4A16Op
+    buckets: tuple
+    module: object
+    rule: str = "w4a16-tensor-core"
+    source: str = "default"
+
+    def name_for(self, m: int) -> str:
+        """The name of the function that serves ``m`` rows."""
+        for bound, name in self.buckets:
+            if m <= bound:
+                return name
+        return self.buckets[-1][1]
+
+    def function_for(self, m: int):
+        """The compiled function (without argument checks) that serves ``m`` rows."""
+        return self.module[self.name_for(m)]
+
+    def prepare(self, qw: QuantizedWeight) -> list:
+        """The weight arguments for ``qw`` (see ``W4A16Kernel.prepare``)."""
+        return prepare_weights(self.op, qw)
+
+    def __call__(self, x, *args):
+        """Run on ``(x, packed, scales[, zeros], out)``, choosing the function by ``x.shape[0]``."""
+        check_args(self.op, (x, *args))
+        self.function_for(int(x.shape[0]))(x, *args)
+
+
 def _expected_args(op: W4A16Op, m) -> list:
     groups = op.scheme.groups(op.k)
-    expected = [("x", (m, op.k), "float16"), ("packed", (op.n, op.k // 8), "uint32")]
+    expected = [("x", (m, op.k), "float16"), ("packed", op.packed_shape, "uint32")]
     expected.append(("scales", (op.n, groups), "float16"))
     if not op.scheme.symmetric:
         expected.append(("zeros", (op.n, groups), "float16"))
@@ -82,30 +153,15 @@ def check_args(op: W4A16Op, args) -> None:
         got_dtype = str(arg.dtype).replace("torch.", "")
         if got_shape != tuple(shape) or got_dtype != dtype:
             raise ShapeError(f"{op.name}: {name} must be {dtype} {tuple(shape)}, got {got_dtype} {got_shape}")
+        if not _is_contiguous(arg):
+            raise ShapeError(f"{op.name}: {name} must be a contiguous (compact) array; pass a contiguous copy")
 
 
-@dataclass
-class DynamicW4A16Kernel:
-    """A dynamic-M W4A16 kernel: one GEMV kernel per M up to ``GEMV_MAX_M``, tensor cores above.
-
-    Attributes
-    ----------
-    small : dict of int to W4A16Kernel
-        The GEMV kernels by M.
-    large : W4A16Kernel
-        The dynamic-M tensor-core kernel.
-    """
-
-    small: dict
-    large: W4A16Kernel
-
-    def kernel_for(self, m: int) -> W4A16Kernel:
-        """The kernel that serves ``m`` rows."""
-        return self.small.get(int(m), self.large)
-
-    def __call__(self, x, *args):
-        """Run on ``(x, packed, scales[, zeros], out)``, choosing the kernel by ``x.shape[0]``."""
-        self.kernel_for(x.shape[0])(x, *args)
+def _is_contiguous(arg) -> bool:
+    if hasattr(arg, "is_contiguous"):  # torch
+        return bool(arg.is_contiguous())
+    flags = getattr(arg, "flags", None)  # numpy
+    return True if flags is None else bool(flags["C_CONTIGUOUS"])
 
 
 def schedule(op: W4A16Op, target, database=None):
@@ -162,20 +218,31 @@ def build(op: W4A16Op, target, database="auto"):
     Returns
     -------
     W4A16Kernel or DynamicW4A16Kernel
-        The latter when ``op.m`` is None (dynamic M): it dispatches on the rows of each call.
+        The latter when ``op.m`` is None: tensor-core functions per batch-size bucket (rows padded to
+        16) in one module, all reading one copy of the weights in the ``"mma"`` layout. Its buckets use the
+        rule defaults (a tuning record is per static M).
     """
+    if op.m is None:
+        return _build_dynamic(op, target)
     if isinstance(database, str) and database == "auto":
         database = committed_database(target)
-    if op.m is None:
-        small = {m: _build_static(op.with_m(m), target, database) for m in range(1, GEMV_MAX_M + 1)}
-        return DynamicW4A16Kernel(small, _build_static(op, target, database))
-    return _build_static(op, target, database)
+    mod, chosen, source = schedule(op, target, database)
+    return W4A16Kernel(chosen.op, chosen.rule.name, source, _compile(mod, target))
 
 
-def _build_static(op: W4A16Op, target, database) -> W4A16Kernel:
+def _compile(mod, target):
     from .codegen import build_module  # pylint: disable=import-outside-toplevel
 
-    mod, chosen, source = schedule(op, target, database)
     with tvm.transform.PassContext(config=PASS_CONFIG):
-        module = build_module(mod, target)
-    return W4A16Kernel(chosen.op, chosen.rule.name, source, module)
+        return build_module(mod, target)
+
+
+def _build_dynamic(op: W4A16Op, target) -> DynamicW4A16Kernel:
+    chosen = plan(op)
+    functions, buckets = {}, []
+    for bound in DYNAMIC_BUCKETS:
+        sch = chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, bound))
+        name = f"{chosen.op.name}_upto{bound}"
+        functions[name] = sch.mod["main"].with_attr("global_symbol", name)
+        buckets.append((bound, name))
+    return DynamicW4A16Kernel(chosen.op, tuple(buckets), _compile(tvm.IRModule(functions), target))

@@ -45,9 +45,11 @@ def lookup(database, func, target):
 
 
 def build_with_async_copy(mod, target, _params=None):
-    """MetaSchedule's build step with our pass config (async global->shared copies)."""
+    """MetaSchedule's build step with our pass config (async global->shared copies) and pipeline."""
+    from .codegen import pipeline  # pylint: disable=import-outside-toplevel
+
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        return tvm.tirx.build(mod, target=target)
+        return tvm.tirx.build(mod, target=target, pipeline=pipeline.register())
 
 
 def cost_model_name() -> str:
@@ -112,6 +114,25 @@ def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path
     prune(out_dir)
     times = [_mean(r.run_secs) for r in records if r.run_secs]
     return min(times) * 1e6 if times else None
+
+
+def commit_measured(out_dir: Path, op: W4A16Op, config, seconds: float, target) -> None:
+    """Add a record: ``op`` scheduled by its rule with ``config``, measured at ``seconds`` on the GPU.
+
+    For configs timed outside MetaSchedule (``benchmarks/sweep_w4a16.py``); ``prune`` afterwards keeps
+    the fastest record per workload.
+    """
+    from .tvm_api import Schedule  # pylint: disable=import-outside-toplevel
+
+    chosen = plan(op)
+    func = chosen.op.prim_func()
+    sch = Schedule(func)
+    if not chosen.rule.schedule(sch, target, tunable=False, config=config):
+        raise ValueError(f"rule {chosen.rule.name} does not apply to {op.name}")
+    db = open_database(out_dir, create=True)
+    workload = db.commit_workload(ms.tir_integration._normalize_mod(func))  # pylint: disable=protected-access
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [seconds], target, args_info))
 
 
 def prune(folder: Path) -> None:

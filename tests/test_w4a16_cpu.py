@@ -7,6 +7,7 @@ from lowbit_tvm.codegen import build_module, cuda_target, device_code, device_co
 from lowbit_tvm.kernel import MAX_SHARED, PASS_CONFIG, schedule
 from lowbit_tvm.ops.w4a16 import W4A16Op
 from lowbit_tvm.quant import get_scheme, quantize, reference_matmul
+from lowbit_tvm.quant.mma_layout import to_mma_layout
 from lowbit_tvm.schedules import W4A16Gemv, W4A16TensorCore
 from lowbit_tvm.schedules.w4a16_dispatch import ShapeError, plan
 from lowbit_tvm.tvm_api import tvm
@@ -18,7 +19,8 @@ def _target(arch):
 
 def _run_llvm(op, x, qw):
     lib = tvm.compile(op.prim_func(), target="llvm")
-    args = [x, qw.packed, qw.scales] + ([] if qw.zeros is None else [qw.zeros])
+    packed = to_mma_layout(qw.packed) if op.layout == "mma" else qw.packed
+    args = [x, packed, qw.scales] + ([] if qw.zeros is None else [qw.zeros])
     out = tvm.runtime.tensor(np.full((x.shape[0], op.n), np.nan, dtype=np.float16))
     lib[op.name](*[tvm.runtime.tensor(a) for a in args], out)
     return out.numpy().astype(np.float64)
@@ -38,12 +40,29 @@ def test_op_on_llvm_matches_float64(decode, scheme, m, k, n):
         assert err < 2e-3, f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym", "w4a16-pc"])
+@pytest.mark.parametrize("m,k,n", [(1, 256, 48), (5, 512, 32), (17, 128, 16)])
+def test_op_with_mma_layout_on_llvm_matches_float64(scheme, m, k, n):
+    """The tensor-core weight layout decodes to the same matrix (fp16 decode, static and dynamic M)."""
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    ref = reference_matmul(x, qw)
+    for op_m in (m, None):
+        out = _run_llvm(W4A16Op(n, k, get_scheme(scheme), op_m, layout="mma"), x, qw)
+        err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        assert err < 2e-3, f"relative error {err:.2e}"
+
+
 def test_dispatch_picks_gemv_for_small_m_and_tensor_cores_above():
     scheme = get_scheme("w4a16-g128")
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, 1)).rule, W4A16Gemv)
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, 8)).rule, W4A16Gemv)
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, 16)).rule, W4A16TensorCore)
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, None)).rule, W4A16TensorCore)
+    assert plan(W4A16Op(4096, 4096, scheme, 8)).op.layout == "rows"
+    assert plan(W4A16Op(4096, 4096, scheme, 16)).op.layout == "mma"
+    assert plan(W4A16Op(4096, 4096, scheme, None)).op.layout == "mma"
 
 
 def test_kernel_arguments_are_checked_with_clear_errors():
@@ -62,6 +81,10 @@ def test_kernel_arguments_are_checked_with_clear_errors():
         check_args(op, (x, qw.packed.view(np.int32), qw.scales, qw.zeros, out))
     with pytest.raises(ShapeError, match="out must be"):
         check_args(op, (x, qw.packed, qw.scales, qw.zeros, out[:2]))
+    with pytest.raises(ShapeError, match="x must be a contiguous"):
+        check_args(op, (np.zeros((128, 3), np.float16).T, qw.packed, qw.scales, qw.zeros, out))
+    with pytest.raises(ShapeError, match=r"packed must be uint32 \(4, 8, 32\), got uint32 \(64, 16\)"):
+        check_args(op.with_layout("mma"), (x, qw.packed, qw.scales, qw.zeros, out))
 
 
 def test_gemv_rule_declines_dynamic_m():
@@ -102,7 +125,7 @@ def test_every_default_schedule_builds_to_binary(arch, m, k, n, scheme):
     assert device_code_format(built) in ("fatbin", "cubin")
     source = device_code(_build(op, arch, binary=False)[0])[0].data.decode()
     if isinstance(chosen.rule, W4A16TensorCore):
-        for instruction in ("mma.sync.aligned.m16n8k16", "ldmatrix", "cp.async", "lowbit_decode_u4x8("):
+        for instruction in ("mma.sync.aligned.m16n8k16", "ldmatrix", "cp.async", "lowbit_decode_mma("):
             assert instruction in source
     else:
         assert "uint4" in source  # 16-byte weight loads
@@ -132,3 +155,15 @@ def test_tunable_space_replays_with_random_decisions(rule):
             tvm.compile(fresh.mod, target=_target("sm_90"))
         built_any += 1
     assert built_any >= 1
+
+
+def test_dynamic_m_builds_one_module_with_a_function_per_batch_bucket():
+    from lowbit_tvm.kernel import DYNAMIC_BUCKETS, build  # pylint: disable=import-outside-toplevel
+
+    kernel = build(W4A16Op(1040, 1024, get_scheme("w4a16-g128"), None), _target("sm_90"))
+    assert kernel.op.layout == "mma" and [b for b, _ in kernel.buckets] == list(DYNAMIC_BUCKETS)
+    names = [name for _, name in kernel.buckets]
+    assert len(set(names)) == len(names)
+    for m, bucket in [(1, 0), (16, 0), (17, 1), (64, 2), (65, 3), (4096, 3)]:
+        assert kernel.name_for(m) == names[bucket]
+        assert kernel.function_for(m) is not None

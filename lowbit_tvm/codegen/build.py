@@ -35,6 +35,7 @@ import tvm_ffi
 
 from ..errors import CodegenError
 from ..tvm_api import TVM_VERSION, Target, tirx, tvm
+from . import pipeline
 from .target import arch_of, as_target
 
 __all__ = [
@@ -574,7 +575,7 @@ def build_module(mod_or_func: Any, target: Any, *, binary: bool = True) -> Compi
         _require_nvcc()
     with nvcc_compile_callback(tgt) if compile_binary else contextlib.nullcontext() as state:
         try:
-            executable = tvm.compile(mod_or_func, target=tgt)
+            executable = tvm.compile(mod_or_func, target=tgt, tir_pipeline=pipeline.register())
         except Exception as err:
             if state is not None and state.error is not None:
                 raise state.error from None

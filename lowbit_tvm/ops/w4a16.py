@@ -1,15 +1,18 @@
 """The W4A16 group-quantized matmul as TensorIR.
 
 ``C[M, N] = A[M, K] @ dequant(B)[N, K]^T`` with fp16 activations, int4 weights packed eight to a
-``uint32`` along K (nibble ``j`` of word ``w`` holds ``k = 8 w + j``), fp16 group scales (and fp16 zeros for
-the asymmetric scheme), fp32 accumulation and an fp16 result. ``M`` may be symbolic (dynamic batch).
+``uint32`` (``layout="rows"``: ``[N, K/8]``, nibble ``j`` of word ``w`` holds ``k = 8 w + j``;
+``layout="mma"``: ``[N/16, K/16, 32]`` tensor-core fragments, see ``lowbit_tvm.quant.mma_layout``), fp16 group
+scales (and fp16 zeros for the asymmetric scheme), fp32 accumulation and an fp16 result. ``M`` may be
+symbolic (dynamic batch).
 
 The function has three blocks that the schedule rules look for by name: ``decode`` (int4 -> fp16),
 ``matmul`` (fp32 accumulation) and ``cast`` (fp32 -> fp16 epilogue).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..quant import Int4Scheme
+from ..quant import mma_layout
 from ..tvm_api import te, tirx
 
 DECODE = "decode"
@@ -39,6 +42,7 @@ class W4A16Op:
     scheme: Int4Scheme
     m: int | None = None
     decode_dtype: str = "float16"
+    layout: str = "rows"
 
     @property
     def name(self) -> str:
@@ -46,15 +50,27 @@ class W4A16Op:
         m = "dyn" if self.m is None else str(self.m)
         scheme = self.scheme.name.replace("w4a16-", "").replace("-", "_")
         decode = "" if self.decode_dtype == "float16" else "_d32"
-        return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}{decode}"
+        layout = "" if self.layout == "rows" else f"_{self.layout}"
+        return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}{decode}{layout}"
 
     def with_m(self, m: int | None) -> "W4A16Op":
         """The same weights at another batch size."""
-        return W4A16Op(self.n, self.k, self.scheme, m, self.decode_dtype)
+        return replace(self, m=m)
 
     def with_decode(self, decode_dtype: str) -> "W4A16Op":
         """The same workload decoding weights to ``decode_dtype``."""
-        return W4A16Op(self.n, self.k, self.scheme, self.m, decode_dtype)
+        return replace(self, decode_dtype=decode_dtype)
+
+    def with_layout(self, layout: str) -> "W4A16Op":
+        """The same workload with its weights packed in ``layout``."""
+        return replace(self, layout=layout)
+
+    @property
+    def packed_shape(self) -> tuple:
+        """Shape of the packed uint32 weight argument."""
+        if self.layout == "mma":
+            return (self.n // mma_layout.TILE, self.k // mma_layout.TILE, mma_layout.WARP)
+        return (self.n, self.k // 8)
 
     def to_json(self) -> dict:
         """A JSON-ready record of this workload."""
@@ -65,6 +81,7 @@ class W4A16Op:
             "k": self.k,
             "scheme": self.scheme.to_json(),
             "decode_dtype": self.decode_dtype,
+            "layout": self.layout,
         }
 
     def prim_func(self) -> tirx.PrimFunc:
@@ -81,12 +98,28 @@ _MAGIC = {
 }
 
 
-def _decode_fn(b, s, z, group, dtype):
+def _code_rows(b, n, k):
+    shift = (k % 8 * 4).astype("uint32")
+    return (b[n, k // 8] >> shift) & tirx.const(15, "uint32")
+
+
+def _code_mma(b, n, k):
+    tile = mma_layout.TILE
+    i, j = n % tile, k % tile
+    lane, _ = mma_layout.fragment_position(i, j)
+    shift = (mma_layout.nibble_of(i, j) * 4).astype("uint32")
+    return (b[n // tile, k // tile, lane] >> shift) & tirx.const(15, "uint32")
+
+
+_LAYOUTS = {"rows": _code_rows, "mma": _code_mma}
+
+
+def _decode_fn(b, s, z, group, dtype, layout):
     bits, magic, power = _MAGIC[dtype]
+    code_of = _LAYOUTS[layout]
 
     def decode(n, k):
-        shift = (k % 8 * 4).astype("uint32")
-        code = (b[n, k // 8] >> shift) & tirx.const(15, "uint32")
+        code = code_of(b, n, k)
         biased = tirx.reinterpret(dtype, (code | tirx.const(magic, "uint32")).astype(bits))
         if z is None:
             offset = tirx.const(power + 8, dtype)
@@ -108,18 +141,20 @@ def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
     Returns
     -------
     tvm.tirx.PrimFunc
-        Arguments ``A (M, K) f16, B (N, K/8) u32, S (N, G) f16[, Z (N, G) f16], C (M, N) f16``.
+        Arguments ``A (M, K) f16, B op.packed_shape u32, S (N, G) f16[, Z (N, G) f16], C (M, N) f16``.
     """
     groups = op.scheme.groups(op.k)
     group = op.k // groups
     m = tirx.Var("m", "int32") if op.m is None else op.m
     a = te.placeholder((m, op.k), "float16", name="A")
-    b = te.placeholder((op.n, op.k // 8), "uint32", name="B")
+    if op.layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(_LAYOUTS)}, got {op.layout!r}")
+    b = te.placeholder(op.packed_shape, "uint32", name="B")
     s = te.placeholder((op.n, groups), "float16", name="S")
     z = None if op.scheme.symmetric else te.placeholder((op.n, groups), "float16", name="Z")
     if op.decode_dtype not in _MAGIC:
         raise ValueError(f"decode_dtype must be one of {sorted(_MAGIC)}, got {op.decode_dtype!r}")
-    w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype), name=DECODE)
+    w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype, op.layout), name=DECODE)
     r = te.reduce_axis((0, op.k), name="k")
     acc = te.compute(
         (m, op.n),

@@ -27,24 +27,49 @@ class Plan:
     config: object
 
 
-def _largest_dividing(n: int, candidates) -> int | None:
-    for value in sorted(candidates, reverse=True):
-        if n % value == 0:
-            return value
+# Per batch size (rows up to the key): (warps_m, tile_m), then (warps_n, tile_n) choices best first.
+# From an H100 sweep with benchmarks/sweep_w4a16.py.
+_M_TILES = ((16, (1, 1)), (32, (1, 2)), (64, (1, 4)), (None, (2, 4)))
+_N_TILES = {16: ((4, 1), (2, 1), (1, 1)), 32: ((4, 1), (2, 1), (1, 1)),
+            64: ((4, 2), (4, 1), (2, 1), (1, 1)), None: ((4, 2), (2, 2), (4, 1), (2, 1), (1, 1))}
+
+
+def _bucket(m: int):
+    for bound, _ in _M_TILES:
+        if bound is None or m <= bound:
+            return bound
     return None
 
 
-def _block_n_tiles(n: int) -> int:
-    """16-column tiles per block: the widest (up to 128 columns) that still gives every SM a block."""
-    fitting = [t for t in (8, 4, 2) if (n // 16) % t == 0]
-    for tiles in fitting:
-        if n // (16 * tiles) >= SM_COUNT:
-            return tiles
-    return fitting[-1] if fitting else 1
+def _n_tiles(n: int, bucket) -> tuple:
+    for warps_n, tile_n in _N_TILES[bucket]:
+        if (n // 16) % (warps_n * tile_n) == 0:
+            return warps_n, tile_n
+    return 1, 1
 
 
-def tensor_core_config(op: W4A16Op) -> TensorCoreConfig:
-    """The default tensor-core config for ``op`` (static or dynamic M).
+def _k_plan(k_tiles: int, blocks: int, wanted: int, inner_choices) -> tuple:
+    """``(split_k, k_inner)``: the fewest K slices (up to 8) that give about ``wanted`` blocks.
+
+    Each slice must hold 3+ whole K steps of ``16 * k_inner`` (the pipeline's depth); ``k_inner`` is the
+    first of ``inner_choices`` that fits.
+    """
+    plan_ = None
+    for splits in (1, 2, 4, 8):
+        fitting = [i for i in inner_choices if k_tiles % (splits * i) == 0 and k_tiles // (splits * i) >= 3]
+        if not fitting:
+            continue
+        plan_ = (splits, fitting[0])
+        if blocks * splits >= wanted:
+            break
+    return plan_ or (1, 2)
+
+
+def tensor_core_config(op: W4A16Op, m: int | None = None) -> TensorCoreConfig:
+    """The default tensor-core config for ``op`` at ``m`` rows (default ``op.m``; 64 for dynamic M).
+
+    Tiles follow the batch size; K is split (``split_k``) when the tiles alone give too few blocks to
+    keep every SM streaming weights (two waves for memory-bound batches up to 64 rows, one above).
 
     Raises
     ------
@@ -56,17 +81,23 @@ def tensor_core_config(op: W4A16Op) -> TensorCoreConfig:
             f"the W4A16 tensor-core kernel needs N % 16 == 0 and K % 32 == 0, got N={op.n}, K={op.k}; "
             f"pad the weight with zero rows/columns or use M <= {GEMV_MAX_M} (GEMV path)"
         )
-    m = op.m or 64
-    warps_m, tile_m = (1, 1) if m <= 16 else (1, 2) if m <= 32 else (2, 2) if m <= 64 else (2, 4)
-    tile_n_16 = _block_n_tiles(op.n)
-    warps_n = min(4, tile_n_16)
-    tile_n = tile_n_16 // warps_n
-    k_inner = _largest_dividing(op.k // 16, (4, 2))
-    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2)
+    m = m or op.m or 64
+    bucket = _bucket(m)
+    warps_m, tile_m = dict(_M_TILES)[bucket]
+    warps_n, tile_n = _n_tiles(op.n, bucket)
+    blocks = -(-m // (16 * warps_m * tile_m)) * (op.n // (16 * warps_n * tile_n))
+    wanted = 2 * SM_COUNT if m <= 64 else SM_COUNT
+    inner_choices = (8, 4) if m <= 32 else (4,)
+    split, k_inner = _k_plan(op.k // 16, blocks, wanted, inner_choices)
+    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2, split)
 
 
 def plan(op: W4A16Op) -> Plan:
-    """Choose the rule for ``op``: GEMV up to ``GEMV_MAX_M`` rows, tensor cores above."""
+    """Choose the rule for ``op``: GEMV up to ``GEMV_MAX_M`` rows, tensor cores above and for dynamic M.
+
+    The returned ``plan.op`` carries the decode dtype and the weight layout that rule reads: ``"rows"``
+    for the GEMV, ``"mma"`` (pre-shuffled fragments) for the tensor cores.
+    """
     if op.m is not None and op.m <= GEMV_MAX_M:
-        return Plan(W4A16Gemv(), op.with_decode("float32"), GemvConfig())
-    return Plan(W4A16TensorCore(), op.with_decode("float16"), tensor_core_config(op))
+        return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows"), GemvConfig())
+    return Plan(W4A16TensorCore(), op.with_decode("float16").with_layout("mma"), tensor_core_config(op))

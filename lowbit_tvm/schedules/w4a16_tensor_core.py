@@ -1,10 +1,13 @@
-"""W4A16 on tensor cores: decode in shared memory, ldmatrix + mma.sync m16n8k16, fp32 accumulators.
+"""W4A16 on tensor cores: weights decoded in registers straight into mma.sync B fragments.
 
-Per K step of ``16 * k_inner``: activations are copied to shared memory with ``cp.async`` and the
-packed int4 weights likewise (a quarter of the fp16 bytes); each thread then decodes whole packed words
-with the ``lowbit_decode_u4x8`` intrinsic (half2 exponent trick and scale, one 16-byte store) into the
-fp16 shared tile that ``ldmatrix`` feeds to ``mma.sync``. The copies run ``prefetch`` steps ahead of the math (software pipeline). Each warp
-owns ``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block.
+The weights come pre-shuffled offline (``layout="mma"``, see ``lowbit_tvm.quant.mma_layout``): each 16x16
+tile is 32 words, one per lane, holding exactly that lane's 8 fragment values. Per K step of
+``16 * k_inner``: activations and packed weights (a quarter of the fp16 bytes) are copied to shared memory
+with ``cp.async``, ``prefetch`` steps ahead of the math (software pipeline). Per 16-deep slice each warp
+loads its activation fragments with ``ldmatrix``, and each lane reads one word per weight tile and decodes
+it in registers (``lowbit_decode_mma``: half2 exponent trick and scale) right before ``mma.sync``
+m16n8k16 with fp32 accumulators. Decoded weights never touch shared memory. Each warp owns
+``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block.
 """
 from dataclasses import dataclass
 
@@ -23,6 +26,7 @@ class TensorCoreConfig:
     tile_n: int = 2
     k_inner: int = 4  # K step = 16 * k_inner
     prefetch: int = 2  # K steps the async copies run ahead (pipeline stages - 1)
+    split_k: int = 1  # K slices computed by separate blocks, summed by a second small kernel
 
 
 def _index_map(i, j):
@@ -30,13 +34,19 @@ def _index_map(i, j):
     return i // 16, j // 16, lane, local
 
 
+def _index_map_sliced(s, i, j):
+    """``_index_map`` of a split-K accumulator ``[slice, M, N]``."""
+    return (s, *_index_map(i, j))
+
+
 class W4A16TensorCore(ScheduleRule):
-    """Tensor-core rule for the W4A16 operator (fp16 decode)."""
+    """Tensor-core rule for the W4A16 operator (fp16 decode, weights in the ``"mma"`` layout)."""
 
     name = "w4a16-tensor-core"
     Config = TensorCoreConfig
-    # warps_m and tile_m size the M padding and prefetch sits in a list annotation: both need plain ints.
-    FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch")
+    # warps_m and tile_m size the M padding, prefetch sits in a list annotation and split_k decides
+    # whether the function has a second (reduction) kernel: all need plain ints.
+    FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch", "split_k")
     SPACE = {
         "warps_m": (1, 2, 4),
         "warps_n": (1, 2, 4, 8),
@@ -44,22 +54,32 @@ class W4A16TensorCore(ScheduleRule):
         "tile_n": (1, 2, 4),
         "k_inner": (2, 4, 8),
         "prefetch": (1, 2, 3),
+        "split_k": (1, 2, 4, 8),
     }
 
     def schedule(self, sch, target, tunable=False, config=None):
         blocks = [find_block(sch, name) for name in (DECODE, MATMUL, CAST)]
         if any(block is None for block in blocks):
             return False
-        if sch.get(blocks[0]).writes[0].source.dtype != "float16":
+        decode_block = sch.get(blocks[0])
+        if decode_block.writes[0].source.dtype != "float16":
             return False
+        if len(decode_block.reads[0].source.shape) != 3:
+            return False  # weights packed in rows: not the fragment layout this rule reads
         intrinsics.register()
         decode, matmul, _ = blocks
         knob = self.knobs(sch, tunable, config)
         self._pad(sch, matmul, knob)
-        outer, inner, loops = self._tile(sch, matmul, knob)
+        main = self._split_k(sch, matmul, knob["split_k"])
+        outer, inner, loops = self._tile(sch, main, knob)
         self._fetch(sch, outer, decode, loops, knob)
-        staged = self._tensorize(sch, outer, inner, loops)
-        self._epilogue(sch, staged)
+        self._decode_fragments(sch, decode, len(decode_block.reads) == 2)
+        staged = self._tensorize(sch, outer, inner, loops, main)
+        if knob["split_k"] == 1:
+            self._epilogue(sch, staged)
+        else:
+            self._spread_store(sch, staged)
+            self._sum_splits(sch, matmul)
         sch.annotate(loops["k0"], "pragma_import_c", intrinsics.DECODE_SOURCE)
         return True
 
@@ -72,8 +92,24 @@ class W4A16TensorCore(ScheduleRule):
         sch.pad_einsum(matmul, [16 * knob["warps_m"] * knob["tile_m"], 16, 16])
 
     @staticmethod
-    def _tile(sch, matmul, knob):
+    def _split_k(sch, matmul, splits):
+        """With ``splits`` > 1: an rfactor block computing one K slice per ``blockIdx.y`` into an fp32
+        ``[splits, M, N]`` workspace; ``matmul`` then only sums the slices. Returns the block to tile."""
+        if splits == 1:
+            return matmul
         i, j, k = sch.get_loops(matmul)
+        k_split, _ = sch.split(k, [splits, None])
+        return sch.rfactor(k_split, factor_axis=0)
+
+    @staticmethod
+    def _tile(sch, matmul, knob):
+        loops = sch.get_loops(matmul)
+        k_split = None
+        if len(loops) == 4:  # split-K: (i, j, slice, k)
+            i, j, k_split, k = loops
+            sch.reorder(k_split, i, j, k)
+        else:
+            i, j, k = loops
         i, i_tc = sch.split(i, [None, 16])
         j, j_tc = sch.split(j, [None, 16])
         k, k_tc = sch.split(k, [None, 16])
@@ -84,78 +120,99 @@ class W4A16TensorCore(ScheduleRule):
         k0, k1 = sch.split(k, [None, knob["k_inner"]])
         sch.reorder(bi, bj, wi, wj, k0, k1, ti, tj)
         sch.bind(sch.fuse(bi, bj), "blockIdx.x")
+        if k_split is not None:
+            sch.bind(k_split, "blockIdx.y")
         warp = sch.fuse(wi, wj)
         sch.bind(warp, "threadIdx.y")
         return outer, matmul, {"k0": k0, "k1": k1, "warp": warp}
 
     @staticmethod
-    def _spread(sch, block, vec, knob):
-        """Spread a copy block's loops over the block's threads with ``vec``-wide accesses."""
-        fused = sch.fuse(*sch.get_loops(block)[-2:])
+    def _spread(sch, block, at, vec, knob):
+        """Spread a copy block's own loops (those inside ``at``) over the block's threads, ``vec`` wide."""
+        loops = sch.get_loops(block)
+        outer = [sch.get(loop) for loop in loops].index(sch.get(at))
+        fused = sch.fuse(*loops[outer + 1:])
         _, wm, wn, tx, v = sch.split(fused, [None, knob["warps_m"], knob["warps_n"], 32, vec])
         sch.bind(tx, "threadIdx.x")
         sch.bind(sch.fuse(wm, wn), "threadIdx.y")
         sch.vectorize(v)
 
-    @staticmethod
-    def _decode_words(sch, decode, knob):
-        """One thread decodes one packed word (8 weights) at a time with the fast-decode intrinsic."""
-        symmetric = len(sch.get(decode).reads) == 2
-        row, col = sch.get_loops(decode)[-2:]
-        word, nibble = sch.split(col, [None, 8])
-        words = sch.blockize(nibble)
-        _, wm, wn, tx = sch.split(sch.fuse(row, word), [None, knob["warps_m"], knob["warps_n"], 32])
-        sch.bind(tx, "threadIdx.x")
-        sch.bind(sch.fuse(wm, wn), "threadIdx.y")
-        sch.tensorize(words, intrinsics.DECODE_SYM if symmetric else intrinsics.DECODE_ASYM)
-
     def _fetch(self, sch, outer, decode, loops, knob):
+        """Activations and packed weights to shared memory per K step; weights decoded per 16-deep slice."""
         k0 = loops["k0"]
         a_shared = sch.cache_read(outer, 0, "shared.dyn")
         sch.compute_at(a_shared, k0)
         for producer in sch.get_producers(a_shared):
             sch.compute_inline(producer)
         sch.storage_align(a_shared, 0, axis=-2, factor=32, offset=8)
-        self._spread(sch, a_shared, 8, knob)
+        self._spread(sch, a_shared, k0, 8, knob)
+        sch.set_scope(decode, 0, "warp")
+        sch.compute_at(decode, loops["k1"])
         packed_shared = sch.cache_read(decode, 0, "shared.dyn")
-        sch.set_scope(decode, 0, "shared.dyn")
-        sch.compute_at(decode, k0)
         sch.compute_at(packed_shared, k0)
-        self._spread(sch, packed_shared, 4, knob)
-        sch.storage_align(decode, 0, axis=-2, factor=32, offset=8)
-        self._decode_words(sch, decode, knob)
+        self._spread(sch, packed_shared, k0, 4, knob)
         ahead = knob["prefetch"]
-        sch.annotate(k0, "software_pipeline_stage", [0, 0, ahead, ahead])
-        sch.annotate(k0, "software_pipeline_order", [0, 1, 2, 3])
+        sch.annotate(k0, "software_pipeline_stage", [0, 0, ahead])
+        sch.annotate(k0, "software_pipeline_order", [0, 1, 2])
         sch.annotate(k0, "software_pipeline_async_stages", [0])
 
     @staticmethod
-    def _tensorize(sch, outer, inner, loops):
+    def _decode_fragments(sch, decode, symmetric):
+        """Decode each 16x16 weight tile into the warp's B-fragment registers (``lowbit_decode_mma``)."""
+        row, col = sch.get_loops(decode)[-2:]
+        row_o, row_i = sch.split(row, [None, 16])
+        col_o, col_i = sch.split(col, [None, 16])
+        sch.reorder(row_o, col_o, row_i, col_i)
+        sch.transform_layout(decode, ("write", 0), _index_map)
+        sch.tensorize(row_i, intrinsics.DECODE_MMA_SYM if symmetric else intrinsics.DECODE_MMA_ASYM)
+
+    @staticmethod
+    def _tensorize(sch, outer, inner, loops, main):
         a_warp = sch.cache_read(outer, 0, "warp")
-        b_warp = sch.cache_read(outer, 1, "warp")
         sch.compute_at(a_warp, loops["k1"])
-        sch.compute_at(b_warp, loops["k1"])
         staged = sch.cache_write(outer, 0, "shared.dyn")
         acc = sch.cache_write(outer, 0, "warp")
         sch.reverse_compute_at(acc, loops["warp"])
         sch.reverse_compute_at(staged, loops["warp"])
         sch.decompose_reduction(outer, loops["k0"])
-        init = sch.get_sblock(MATMUL + "_init")
-        for block in (a_warp, b_warp, acc):
+        init = sch.get_sblock(sch.get(main).name_hint + "_init")
+        for block in (a_warp, acc):
             row, col = sch.get_loops(block)[-2:]
             row_o, row_i = sch.split(row, [None, 16])
             col_o, col_i = sch.split(col, [None, 16])
             sch.reorder(row_o, col_o, row_i, col_i)
         sch.transform_layout(a_warp, ("write", 0), _index_map)
-        sch.transform_layout(b_warp, ("write", 0), _index_map)
-        sch.transform_layout(acc, ("read", 0), _index_map)
+        sliced = len(sch.get(acc).reads[0].source.shape) == 3
+        sch.transform_layout(acc, ("read", 0), _index_map_sliced if sliced else _index_map)
         cuda = intrinsics.load_tensor_intrinsics()
         sch.tensorize(sch.get_loops(a_warp)[-2], cuda.LDMATRIX_f16_A_DYN_INTRIN)
-        sch.tensorize(sch.get_loops(b_warp)[-2], cuda.LDMATRIX_f16_B_TRANS_DYN_INTRIN)
         sch.tensorize(sch.get_loops(inner)[-3], cuda.MMA_f16f16f32_TRANS_B_INTRIN)
         sch.tensorize(sch.get_loops(init)[-2], cuda.MMA_fill_16x16_f32_INTRIN)
         sch.tensorize(sch.get_loops(acc)[-2], cuda.MMA_store_16x16_f32_shared_dyn_INTRIN_SIMPLE)
         return staged
+
+    @staticmethod
+    def _spread_store(sch, staged):
+        """The warp's fp32 tiles, staged in shared memory, to the split-K workspace (16-byte stores)."""
+        fused = sch.fuse(*sch.get_loops(staged)[-2:])
+        _, tx, vec = sch.split(fused, [None, 32, 4])
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
+
+    @staticmethod
+    def _sum_splits(sch, matmul):
+        """Second kernel: each thread sums one output's K slices, un-pads and casts it to fp16."""
+        tail = sch.get_consumers(matmul)[0]
+        consumers = sch.get_consumers(tail)
+        while consumers:
+            sch.reverse_compute_inline(consumers[0])
+            consumers = sch.get_consumers(tail)
+        fused = sch.fuse(*sch.get_loops(tail))
+        bx, tx = sch.split(fused, [None, 256])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+        sch.compute_at(matmul, tx)
+        sch.set_scope(matmul, 0, "local")
 
     @staticmethod
     def _epilogue(sch, staged):

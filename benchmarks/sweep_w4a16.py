@@ -1,0 +1,180 @@
+"""Sweep tensor-core configs of the W4A16 kernel: build here (CPU + nvcc), time on the GPU.
+
+    python benchmarks/sweep_w4a16.py build OUT KxN M [M ...]   # writes OUT/<name>.so + OUT/sweep.json
+    python benchmarks/sweep_w4a16.py time OUT                  # on the GPU: check vs float64, time, table
+    python benchmarks/sweep_w4a16.py record ARCH TIMED.json... # best config per workload -> tuning_logs/ARCH
+
+A manual look at the space MetaSchedule searches, to pick better rule defaults; every timed kernel is
+first checked against a float64 reference on fresh random inputs.
+"""
+import itertools
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+
+def candidates(m):
+    """(rule, config) pairs worth timing at batch ``m``."""
+    # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_gemv import GemvConfig, W4A16Gemv
+    from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
+
+    if m <= 8:
+        for tx, ty, vec in itertools.product((16, 32, 64), (2, 4, 8), (16, 32)):
+            yield W4A16Gemv(), GemvConfig(tx, ty, vec, 64)
+        return
+    if m <= 16:
+        shapes_m, shapes_n, steps = [(1, 1)], [(4, 1), (8, 1), (2, 1)], [(8, 2), (8, 3)]
+    elif m <= 32:
+        shapes_m, shapes_n, steps = [(1, 2)], [(4, 1), (4, 2), (2, 2)], [(4, 2), (8, 2)]
+    elif m <= 64:
+        shapes_m, shapes_n, steps = [(1, 4), (2, 2)], [(4, 2), (4, 1)], [(4, 2)]
+    else:
+        shapes_m, shapes_n, steps = [(2, 4)], [(2, 4), (4, 2)], [(4, 2)]
+    for (wm, tm), (wn, tn), (ki, pf), split in itertools.product(shapes_m, shapes_n, steps, (1, 2, 4, 8)):
+        yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split)
+
+
+def _fits(op, rule, config):
+    """Whether ``config`` tiles ``op`` exactly (the dispatcher only picks such configs)."""
+    if rule.name == "w4a16-gemv":
+        return op.k % (config.tx * config.vec) == 0 and op.n % config.ty == 0
+    steps = op.k // (16 * config.k_inner * config.split_k)
+    return op.n % (16 * config.warps_n * config.tile_n) == 0 and steps >= 3 and op.k % (16 * config.k_inner * config.split_k) == 0
+
+
+def build(out, shape, batches):
+    # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.codegen import build_module, export_library
+    from lowbit_tvm.kernel import PASS_CONFIG, default_target
+    from lowbit_tvm.ops.w4a16 import W4A16Op
+    from lowbit_tvm.quant import get_scheme
+    from lowbit_tvm.tvm_api import tvm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "sweep.json"
+    entries = json.loads(index.read_text()) if index.exists() else []
+    k, n = (int(v) for v in shape.split("x"))
+    target = default_target("sm_90")
+    for m in batches:
+        functions, configs = {}, {}
+        for i, (rule, config) in enumerate(candidates(m)):
+            gemv = rule.name == "w4a16-gemv"
+            op = W4A16Op(n, k, get_scheme("w4a16-g128"), m, "float32" if gemv else "float16", "rows" if gemv else "mma")
+            if not _fits(op, rule, config):
+                continue
+            sch = rule.apply(op.prim_func(), target, config=config)
+            name = f"{op.name}_{i}"
+            functions[name] = sch.mod["main"].with_attr("global_symbol", name)
+            configs[name] = {"rule": rule.name, "layout": op.layout, **asdict(config)}
+        with tvm.transform.PassContext(config=PASS_CONFIG):
+            module = build_module(tvm.IRModule(functions), target)
+        path = out / f"w4a16_m{m}_n{n}_k{k}.so"
+        export_library(module, path, overwrite=True)
+        for name, config in configs.items():
+            entries.append({"lib": path.name, "function": name, "m": m, "n": n, "k": k, "config": config})
+        index.write_text(json.dumps(entries, indent=1))
+        print(path.name, len(configs), "configs", path.stat().st_size // 1024, "KiB", flush=True)
+
+
+def _time_all(out, entries):
+    import torch  # pylint: disable=import-outside-toplevel
+    import triton.testing  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.codegen import load_library  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import get_scheme, quantize  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant.int4 import dequantize  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant.mma_layout import to_mma_layout  # pylint: disable=import-outside-toplevel
+
+    weights = {}
+    for entry in entries:
+        key = (entry["n"], entry["k"])
+        if key not in weights:
+            rng = np.random.default_rng()
+            qw = quantize(rng.standard_normal(key, dtype=np.float32), get_scheme("w4a16-g128"))
+            w64 = torch.from_numpy(dequantize(qw)).cuda().double()
+            weights[key] = {
+                "mma": torch.from_numpy(to_mma_layout(qw.packed)).cuda(),
+                "rows": torch.from_numpy(qw.packed).cuda(),
+                "scales": torch.from_numpy(qw.scales).cuda(),
+                "w64": w64,
+            }
+        packed = weights[key][entry["config"]["layout"]]
+        scales, w64 = weights[key]["scales"], weights[key]["w64"]
+        x = torch.randn(entry["m"], entry["k"], device="cuda", dtype=torch.float16)
+        out_t = torch.full((entry["m"], entry["n"]), float("nan"), device="cuda", dtype=torch.float16)
+        fn = load_library(out / entry["lib"])[entry["function"]]
+        fn(x, packed, scales, out_t)
+        ref = x.double() @ w64.T
+        err = float(torch.linalg.norm(out_t.double() - ref) / torch.linalg.norm(ref))
+        us = triton.testing.do_bench(lambda: fn(x, packed, scales, out_t), warmup=25, rep=100, return_mode="median") * 1e3
+        w16 = w64.half()
+        fp16 = triton.testing.do_bench(lambda: torch.nn.functional.linear(x, w16), warmup=25, rep=100, return_mode="median") * 1e3
+        yield {**entry, "us": us, "fp16_us": fp16, "rel_err": err}
+
+
+def time(out):
+    out = Path(out)
+    rows = []
+    for row in _time_all(out, json.loads((out / "sweep.json").read_text())):
+        rows.append(row)
+        knobs = " ".join(f"{key}={value}" for key, value in row["config"].items() if key not in ("rule", "layout"))
+        print(f"K={row['k']:6d} N={row['n']:6d} M={row['m']:4d} {knobs}: {row['us']:8.1f} us  fp16 {row['fp16_us']:7.1f}  "
+              f"x{row['fp16_us'] / row['us']:.2f}  err {row['rel_err']:.1e}", flush=True)
+    (out / "timed.json").write_text(json.dumps(rows, indent=1))
+    best = {}
+    for row in rows:
+        key = (row["k"], row["n"], row["m"])
+        if row["rel_err"] < 1e-2 and (key not in best or row["us"] < best[key]["us"]):
+            best[key] = row
+    print("best per workload:")
+    for key, row in sorted(best.items()):
+        print(key, row["config"], f"{row['us']:.1f} us x{row['fp16_us'] / row['us']:.2f}")
+
+
+def record(arch, timed_files):
+    """Commit the fastest correct config of each timed workload to ``tuning_logs/<arch>``.
+
+    Only workloads whose sweep also timed the rule's default config: a record must beat the default.
+    """
+    # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.kernel import default_target
+    from lowbit_tvm.ops.w4a16 import W4A16Op
+    from lowbit_tvm.quant import get_scheme
+    from lowbit_tvm.schedules.w4a16_dispatch import plan
+    from lowbit_tvm.schedules.w4a16_gemv import GemvConfig
+    from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig
+    from lowbit_tvm.tuning import commit_measured, database_dir, prune
+
+    rows = {}
+    for path in timed_files:
+        for row in json.loads(Path(path).read_text()):
+            rows.setdefault((row["k"], row["n"], row["m"]), []).append(row)
+    out = database_dir(arch)
+    for (k, n, m), timed in sorted(rows.items()):
+        op = W4A16Op(n, k, get_scheme("w4a16-g128"), m)
+        default = asdict(plan(op).config)
+        knobs = [{key: v for key, v in row["config"].items() if key not in ("rule", "layout")} for row in timed]
+        if default not in knobs:
+            print(f"K={k} N={n} M={m}: the default config was not timed; no record")
+            continue
+        row = min((r for r in timed if r["rel_err"] < 1e-2), key=lambda r: r["us"])
+        best = knobs[timed.index(row)]
+        config = GemvConfig(**best) if row["config"]["rule"] == "w4a16-gemv" else TensorCoreConfig(**best)
+        commit_measured(out, op, config, row["us"] * 1e-6, default_target(arch))
+        default_us = timed[knobs.index(default)]["us"]
+        print(f"K={k} N={n} M={m}: {config} {row['us']:.1f} us (default {default_us:.1f} us)")
+    prune(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "build":
+        build(sys.argv[2], sys.argv[3], [int(v) for v in sys.argv[4:]])
+    elif sys.argv[1] == "record":
+        record(sys.argv[2], sys.argv[3:])
+    else:
+        time(sys.argv[2])
