@@ -23,8 +23,9 @@ def candidates(m):
     from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 
     if m <= 8:
-        for tx, ty, vec in itertools.product((16, 32, 64), (2, 4, 8), (16, 32)):
-            yield W4A16Gemv(), GemvConfig(tx, ty, vec, 64)
+        for tx, ty, vec, rows in itertools.product((32, 64), (2, 4), (16, 32), (1, 2, 4)):
+            yield W4A16Gemv(), GemvConfig(tx, ty, vec, 64, rows)
+        yield W4A16Gemv(), GemvConfig()
         return
     if m <= 16:
         shapes_m, shapes_n, steps = [(1, 1)], [(4, 1), (8, 1), (2, 1)], [(8, 2), (8, 3)]
@@ -41,7 +42,7 @@ def candidates(m):
 def _fits(op, rule, config):
     """Whether ``config`` tiles ``op`` exactly (the dispatcher only picks such configs)."""
     if rule.name == "w4a16-gemv":
-        return op.k % (config.tx * config.vec) == 0 and op.n % config.ty == 0
+        return op.n % (config.ty * config.rows) == 0
     steps = op.k // (16 * config.k_inner * config.split_k)
     return op.n % (16 * config.warps_n * config.tile_n) == 0 and steps >= 3 and op.k % (16 * config.k_inner * config.split_k) == 0
 

@@ -21,6 +21,7 @@ class GemvConfig:
     ty: int = 4  # output rows per block
     vec: int = 32  # K elements per thread per step (vec / 8 packed words per load)
     unroll: int = 64  # auto-unroll limit
+    rows: int = 2  # output rows per thread: each activation load then serves this many weight rows
 
 
 class W4A16Gemv(ScheduleRule):
@@ -28,7 +29,8 @@ class W4A16Gemv(ScheduleRule):
 
     name = "w4a16-gemv"
     Config = GemvConfig
-    SPACE = {"tx": (16, 32, 64), "ty": (1, 2, 4, 8, 16), "vec": (8, 16, 32), "unroll": (0, 16, 64, 256)}
+    SPACE = {"tx": (16, 32, 64), "ty": (1, 2, 4, 8, 16), "vec": (8, 16, 32), "unroll": (0, 16, 64, 256),
+             "rows": (1, 2, 4)}
 
     def schedule(self, sch, target, tunable=False, config=None):
         blocks = [find_block(sch, name) for name in (DECODE, MATMUL, CAST)]
@@ -40,18 +42,18 @@ class W4A16Gemv(ScheduleRule):
         knob = self.knobs(sch, tunable, config)
         sch.compute_inline(decode)
         i, j, k = sch.get_loops(matmul)
-        bx, ty = sch.split(j, [None, knob["ty"]])
+        bx, ty, row = sch.split(j, [None, knob["ty"], knob["rows"]])
         ko, tx, kv = sch.split(k, [None, knob["tx"], knob["vec"]])
-        sch.reorder(bx, ty, i, ko, tx, kv)
+        sch.reorder(bx, ty, row, i, ko, tx, kv)
         rf = sch.rfactor(tx, factor_axis=0)
         self._schedule_partial_sums(sch, rf, knob)
-        self._schedule_reduction(sch, matmul, cast, rf)
+        self._schedule_reduction(sch, matmul, cast, rf, knob)
         return True
 
     @staticmethod
     def _schedule_partial_sums(sch, rf, knob):
-        bx, ty, i, ko, tx, kv = sch.get_loops(rf)
-        sch.reorder(bx, ty, tx, ko, kv, i)
+        bx, ty, row, i, ko, tx, kv = sch.get_loops(rf)
+        sch.reorder(bx, ty, tx, ko, row, kv, i)
         sch.annotate(ko, "pragma_auto_unroll_max_step", knob["unroll"])
         sch.annotate(ko, "pragma_unroll_explicit", 1)
         sch.bind(bx, "blockIdx.x")
@@ -68,15 +70,17 @@ class W4A16Gemv(ScheduleRule):
         sch.decompose_reduction(rf, ko)
 
     @staticmethod
-    def _schedule_reduction(sch, matmul, cast, rf):
+    def _schedule_reduction(sch, matmul, cast, rf, knob):
         bx = sch.get_loops(rf)[0]
         sch.reverse_compute_at(matmul, bx, preserve_unit_loops=True)
-        tx, i, ty = sch.get_loops(matmul)[-3:]
-        sch.reorder(ty, i, tx)
+        tx, i, j = sch.get_loops(matmul)[-3:]
+        ty, row = sch.split(j, [knob["ty"], knob["rows"]])
+        sch.reorder(ty, row, i, tx)
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
         sch.set_scope(matmul, 0, "local")
         sch.reverse_compute_at(cast, bx, preserve_unit_loops=True)
-        i, ty = sch.get_loops(cast)[-2:]
-        sch.reorder(ty, i)
+        i, j = sch.get_loops(cast)[-2:]
+        ty, row = sch.split(j, [knob["ty"], knob["rows"]])
+        sch.reorder(ty, row, i)
         sch.bind(ty, "threadIdx.y")
