@@ -49,7 +49,7 @@ class W4A16TensorCore(ScheduleRule):
     FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch", "split_k")
     SPACE = {
         "warps_m": (1, 2, 4),
-        "warps_n": (1, 2, 4, 8),
+        "warps_n": (2, 4, 8),  # warps_n = tile_n = 1 changes the loop structure: traces would not replay
         "tile_m": (1, 2, 4),
         "tile_n": (1, 2, 4),
         "k_inner": (2, 4, 8),
