@@ -28,11 +28,11 @@ def candidates(m):
         yield W4A16Gemv(), GemvConfig()
         return
     if m <= 16:
-        shapes_m, shapes_n, steps = [(1, 1)], [(4, 1), (8, 1), (2, 1)], [(8, 2), (8, 3)]
+        shapes_m, shapes_n, steps = [(1, 1)], [(4, 1), (8, 1), (2, 1)], [(8, 2), (8, 3), (4, 2), (2, 3)]
     elif m <= 32:
-        shapes_m, shapes_n, steps = [(1, 2)], [(4, 1), (4, 2), (2, 2)], [(4, 2), (8, 2)]
+        shapes_m, shapes_n, steps = [(1, 2)], [(4, 1), (4, 2), (2, 2), (2, 1)], [(4, 2), (8, 2), (2, 3)]
     elif m <= 64:
-        shapes_m, shapes_n, steps = [(1, 4), (2, 2)], [(4, 2), (4, 1)], [(4, 2)]
+        shapes_m, shapes_n, steps = [(1, 4), (2, 2)], [(4, 2), (4, 1), (2, 2)], [(4, 2), (2, 3)]
     else:
         shapes_m, shapes_n, steps = [(2, 4)], [(2, 4), (4, 2)], [(4, 2)]
     for (wm, tm), (wn, tn), (ki, pf), split in itertools.product(shapes_m, shapes_n, steps, (1, 2, 4, 8)):
