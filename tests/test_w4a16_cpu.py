@@ -167,3 +167,21 @@ def test_dynamic_m_builds_one_module_with_a_function_per_batch_bucket():
     for m, bucket in [(1, 0), (16, 0), (17, 1), (64, 2), (65, 3), (4096, 3)]:
         assert kernel.name_for(m) == names[bucket]
         assert kernel.function_for(m) is not None
+
+
+@pytest.mark.parametrize("k,n", [(4096, 4096), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192), (1024, 1040)])
+@pytest.mark.parametrize("m", [16, 32, 64, 256])
+def test_default_tensor_core_configs_tile_exactly(k, n, m):
+    from lowbit_tvm.schedules.w4a16_dispatch import tensor_core_config  # pylint: disable=import-outside-toplevel
+
+    c = tensor_core_config(W4A16Op(n, k, get_scheme("w4a16-g128"), m))
+    assert n % (16 * c.warps_n * c.tile_n) == 0
+    assert k % (16 * c.k_inner * c.split_k) == 0 and k // (16 * c.k_inner * c.split_k) >= 3
+
+
+def test_split_k_only_where_the_tiles_leave_sms_idle():
+    from lowbit_tvm.schedules.w4a16_dispatch import tensor_core_config  # pylint: disable=import-outside-toplevel
+
+    scheme = get_scheme("w4a16-g128")
+    assert tensor_core_config(W4A16Op(57344, 8192, scheme, 16)).split_k == 1  # 896 blocks already
+    assert tensor_core_config(W4A16Op(8192, 28672, scheme, 16)).split_k == 4  # 128 blocks -> 512
