@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lowbit_tvm.ops.bcq_lut import BCQLutOp
+from lowbit_tvm.ops.bcq_lut import BCQLutOp, kernel_planes
 from lowbit_tvm.quant import BCQScheme, bcq_dequantize, bcq_quantize
 from lowbit_tvm.tvm_api import tvm
 
@@ -10,7 +10,7 @@ from lowbit_tvm.tvm_api import tvm
 def _run_llvm(op, x, bw):
     lib = tvm.compile(op.prim_func(), target="llvm")
     out = tvm.runtime.tensor(np.full((op.m, op.n), np.nan, dtype=np.float16))
-    args = [x, bw.planes, bw.alphas, bw.offsets]
+    args = [x, kernel_planes(bw), bw.alphas, bw.offsets]
     lib[op.name](*[tvm.runtime.tensor(v) for v in args], out)
     return out.numpy().astype(np.float64)
 
@@ -65,7 +65,7 @@ def test_cuda_kernel_matches_float64(bits, group, m, k, n):
     bw = bcq_quantize(rng.standard_normal((n, k), dtype=np.float32), scheme, iterations=2)
     x = rng.standard_normal((m, k)).astype(np.float16)
     op = BCQLutOp(n, k, scheme, m)
-    args = [torch.from_numpy(v).cuda() for v in (x, bw.planes, bw.alphas, bw.offsets)]
+    args = [torch.from_numpy(v).cuda() for v in (x, kernel_planes(bw), bw.alphas, bw.offsets)]
     out = torch.full((m, n), float("nan"), dtype=torch.float16, device="cuda")
     _cuda_module(op)[op.name](*args, out)
     torch.cuda.synchronize()

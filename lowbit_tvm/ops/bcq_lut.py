@@ -7,8 +7,12 @@ signed sums ``sum_e (+-1) x_e`` once (block ``lut``); each output row then needs
 the group's activation sum (blocks ``group_sum`` and ``offset``). No weight is ever dequantized. Accumulation
 is fp32, the result fp16 (block ``cast``).
 
-Arguments: ``A [M, K] f16, P [bits, N, K/32] u32, alphas [N, G, bits] f16, offsets [N, G] f16 -> C [M, N] f16``.
+Arguments: ``A [M, K] f16, P [bits, K/32, N] u32, alphas [N, G, bits] f16, offsets [N, G] f16 -> C [M, N] f16``.
+The planes are the quantizer's ``[bits, N, K/32]`` transposed (``kernel_planes``), so that threads owning
+neighbouring output rows read neighbouring words.
 """
+import numpy as np
+
 from dataclasses import dataclass
 
 from ..quant.bcq import BITS_PER_WORD, BCQScheme
@@ -52,6 +56,11 @@ class BCQLutOp:
         return bcq_lut_op(self)
 
 
+def kernel_planes(bw) -> np.ndarray:
+    """The op's plane argument for a ``BCQWeight``: ``[bits, K/32, N]``, contiguous."""
+    return np.ascontiguousarray(bw.planes.transpose(0, 2, 1))
+
+
 def _sign(pattern, e):
     """+1.0 where bit ``e`` of the table index is set, else -1.0."""
     bit = tirx.bitwise_and(tirx.shift_right(pattern, e), 1)
@@ -71,7 +80,7 @@ def bcq_lut_op(op: BCQLutOp) -> tirx.PrimFunc:
     bits, groups, glen = op.scheme.bits, op.scheme.groups(op.k), op.scheme.group_len(op.k)
     chunks = op.k // MU
     a = te.placeholder((op.m, op.k), "float16", name="A")
-    planes = te.placeholder((bits, op.n, op.k // BITS_PER_WORD), "uint32", name="P")
+    planes = te.placeholder((bits, op.k // BITS_PER_WORD, op.n), "uint32", name="P")
     alphas = te.placeholder((op.n, groups, bits), "float16", name="alphas")
     offsets = te.placeholder((op.n, groups), "float16", name="offsets")
     e = te.reduce_axis((0, MU), name="e")
@@ -88,7 +97,7 @@ def bcq_lut_op(op: BCQLutOp) -> tirx.PrimFunc:
     b = te.reduce_axis((0, bits), name="b")
 
     def lookup(i, j):
-        word = planes[b, j, c // (BITS_PER_WORD // MU)]
+        word = planes[b, c // (BITS_PER_WORD // MU), j]
         byte = tirx.bitwise_and(tirx.shift_right(word, (c % (BITS_PER_WORD // MU) * MU).astype("uint32")), 255)
         alpha = alphas[j, c * MU // glen, b].astype("float32")
         return te.sum(alpha * lut[i, c, byte.astype("int32")], axis=[c, b])
