@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import QuantizationError
-from .int4 import FP16_MAX, _check_finite, _describe, to_float_numpy
+from .int4 import FP16_MAX, _check_array, _check_finite, _describe, _row_chunks, to_float_numpy
 from .scheme import ALLOWED_GROUP_SIZES, PER_CHANNEL, GroupedScheme, _is_int
 
 #: Bit widths (binary planes per weight) supported by BCQ.
@@ -265,7 +265,7 @@ def bcq_quantize(weight, scheme: BCQScheme, iterations: int = 10) -> BCQWeight:
     signs = np.empty((bits, n, k), dtype=bool)
     alphas = np.empty((n, groups, bits), dtype=np.float16)
     offsets = np.empty((n, groups), dtype=np.float16)
-    for start, stop in _row_chunks(n, k):
+    for start, stop in _row_chunks(n, k, _CHUNK_ELEMENTS):
         idx, alphas[start:stop], offsets[start:stop] = _quantize_rows(
             array[start:stop], scheme, iterations
         )
@@ -298,7 +298,7 @@ def bcq_dequantize(bw: BCQWeight) -> np.ndarray:
     n, k = bw.shape
     groups, glen = bw.scheme.groups(k), bw.scheme.group_len(k)
     out = np.empty((n, k), dtype=np.float32)
-    for start, stop in _row_chunks(n, k):
+    for start, stop in _row_chunks(n, k, _CHUNK_ELEMENTS):
         signs = unpack_planes(bw.planes[:, start:stop], k)
         signs = signs.reshape(bw.scheme.bits, stop - start, groups, glen)
         values = np.repeat(
@@ -572,19 +572,3 @@ def _check_shape_tuple(shape) -> tuple:
     ):
         raise QuantizationError(f"shape must be a tuple (N, K) of positive ints, got {shape!r}")
     return int(shape[0]), int(shape[1])
-
-
-def _check_array(what: str, array, dtype, shape: tuple) -> None:
-    """Raise unless ``array`` is a numpy array of ``dtype`` and ``shape``."""
-    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
-        raise QuantizationError(
-            f"{what} must be a {np.dtype(dtype).name} numpy array of shape {shape}, "
-            f"got {_describe(array)}"
-        )
-
-
-def _row_chunks(n: int, k: int):
-    """Yield ``(start, stop)`` row ranges of about ``_CHUNK_ELEMENTS`` elements."""
-    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
-    for start in range(0, n, rows):
-        yield start, min(start + rows, n)

@@ -385,9 +385,9 @@ def _check_finite(array: np.ndarray, what: str) -> None:
         )
 
 
-def _row_chunks(n: int, k: int):
-    """Yield ``(start, stop)`` row ranges of about ``_CHUNK_ELEMENTS`` elements."""
-    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
+def _row_chunks(n: int, k: int, elements: int = _CHUNK_ELEMENTS):
+    """Yield ``(start, stop)`` row ranges of about ``elements`` elements."""
+    rows = max(1, elements // max(k, 1))
     for start in range(0, n, rows):
         yield start, min(start + rows, n)
 
