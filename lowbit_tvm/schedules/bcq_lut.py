@@ -11,7 +11,7 @@ the tables' cheaper incremental construction, a K split.
 from dataclasses import dataclass
 
 from ..ops.bcq_lut import CAST, GROUP_SUM, LUT, MATMUL, OFFSET
-from .rule import ScheduleRule, find_block
+from .rule import ScheduleRule, find_block, loops_inside
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,7 @@ class BCQLut(ScheduleRule):
     @staticmethod
     def _k_steps(sch, matmul, thread, knob):
         """Split the chunk loop into K steps; batch rows innermost so a plane byte serves all of them."""
-        loops = sch.get_loops(matmul)
-        own = loops[[sch.get(loop) for loop in loops].index(sch.get(thread)) + 1:]
+        own = loops_inside(sch, matmul, thread)
         chunk, plane = own[-2:]
         step, inner = sch.split(chunk, [None, knob["chunks"]])
         if len(own) == 3:  # M > 1 keeps its batch loop
@@ -81,8 +80,7 @@ class BCQLut(ScheduleRule):
         """The step's tables in shared memory, built by all the block's threads."""
         sch.compute_at(lut, step)
         sch.set_scope(lut, 0, "shared")
-        loops = sch.get_loops(lut)
-        own = loops[[sch.get(loop) for loop in loops].index(sch.get(step)) + 1:]
+        own = loops_inside(sch, lut, step)
         fused = sch.fuse(*own[:-1])  # batch row, chunk, pattern (the last loop is the 8-term sum)
         _, thread = sch.split(fused, [None, knob["rows"]])
         sch.bind(thread, "threadIdx.x")

@@ -70,3 +70,10 @@ def find_block(sch: Schedule, name: str):
         return sch.get_sblock(name)
     except Exception:  # pylint: disable=broad-except
         return None
+
+
+def loops_inside(sch: Schedule, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (e.g. a cache block's own loops after ``compute_at``)."""
+    loops = sch.get_loops(block)
+    outer = [sch.get(rv) for rv in loops].index(sch.get(loop))
+    return loops[outer + 1:]

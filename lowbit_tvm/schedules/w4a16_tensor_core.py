@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, MATMUL
 from . import intrinsics
-from .rule import ScheduleRule, find_block
+from .rule import ScheduleRule, find_block, loops_inside
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,7 @@ class W4A16TensorCore(ScheduleRule):
     @staticmethod
     def _spread(sch, block, at, vec, knob):
         """Spread a copy block's own loops (those inside ``at``) over the block's threads, ``vec`` wide."""
-        loops = sch.get_loops(block)
-        outer = [sch.get(loop) for loop in loops].index(sch.get(at))
-        fused = sch.fuse(*loops[outer + 1:])
+        fused = sch.fuse(*loops_inside(sch, block, at))
         _, wm, wn, tx, v = sch.split(fused, [None, knob["warps_m"], knob["warps_n"], 32, vec])
         sch.bind(tx, "threadIdx.x")
         sch.bind(sch.fuse(wm, wn), "threadIdx.y")
