@@ -129,10 +129,14 @@ def commit_measured(out_dir: Path, op: W4A16Op, config, seconds: float, target) 
     sch = Schedule(func)
     if not chosen.rule.schedule(sch, target, tunable=False, config=config):
         raise ValueError(f"rule {chosen.rule.name} does not apply to {op.name}")
-    db = open_database(out_dir, create=True)
+    _commit_record(open_database(out_dir, create=True), func, sch.trace, [seconds], target)
+
+
+def _commit_record(db, func, trace, run_secs, target) -> None:
+    """Add ``trace`` (a schedule of ``func``) measured at ``run_secs`` to ``db``."""
     workload = db.commit_workload(ms.tir_integration._normalize_mod(func))  # pylint: disable=protected-access
     args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [seconds], target, args_info))
+    db.commit_tuning_record(ms.database.TuningRecord(trace, workload, run_secs, target, args_info))
 
 
 def prune(folder: Path) -> None:
@@ -167,5 +171,4 @@ def _commit_default(db, chosen, func, target):
     result = future.result()
     if result.error_msg or not result.run_secs:
         return
-    workload = db.commit_workload(ms.tir_integration._normalize_mod(func))  # pylint: disable=protected-access
-    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args_info))
+    _commit_record(db, func, sch.trace, result.run_secs, target)
