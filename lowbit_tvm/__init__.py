@@ -7,3 +7,13 @@ Subpackages: ``quant`` (quantization formats and references), ``ops`` (the opera
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, device=None):
+    """Load a model library (``lowbit-tvm build``'s ``.so`` + ``.safetensors``) with only TVM's runtime.
+
+    See :func:`lowbit_tvm.models.engine.load`.
+    """
+    from .models.engine import load as load_model  # pylint: disable=import-outside-toplevel
+
+    return load_model(path, device)

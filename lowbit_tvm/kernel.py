@@ -15,6 +15,9 @@ DYNAMIC_BUCKETS = (16, 32, 64, 256)
 # warp-memory stores from LowerWarpMemory (nvcc does its own CSE).
 PASS_CONFIG = {"tirx.use_async_copy": 1, "tirx.disable_cse_tir": True}
 
+# Relax's operator pattern "opaque" (never fused with neighbouring operators).
+OPAQUE_PATTERN = 8
+
 # Shared memory a block may opt into, per architecture (the tensor-core kernel uses dynamic shared
 # memory beyond the default 48 KB).
 MAX_SHARED = {"sm_80": 166912, "sm_86": 101376, "sm_89": 101376, "sm_90": 232448, "sm_90a": 232448}
@@ -228,6 +231,31 @@ def build(op: W4A16Op, target, database="auto"):
         database = committed_database(target)
     mod, chosen, source = schedule(op, target, database)
     return W4A16Kernel(chosen.op, chosen.rule.name, source, _compile(mod, target))
+
+
+def graph_function(op: W4A16Op, target, m_hint: int = 64):
+    """The op variant and PrimFunc that a Relax graph calls for the dynamic-M workload ``op``.
+
+    CUDA: the tensor-core rule's schedule (``"mma"`` weights) with the default config of a batch of
+    ``m_hint`` rows. Other targets (the CPU end-to-end check): the unscheduled TensorIR on ``"rows"``
+    weights. The function is marked scheduled and opaque, so Relax neither fuses it with its neighbours
+    nor lets dlight re-schedule it.
+
+    Returns
+    -------
+    (W4A16Op, tvm.tirx.PrimFunc)
+    """
+    if op.m is not None:
+        raise ShapeError(f"{op.name}: a graph function has a dynamic M; got m={op.m}")
+    if target.kind.name == "cuda":
+        chosen = plan(op)
+        func = chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
+        variant = chosen.op
+    else:
+        variant = op.with_layout("rows").with_decode("float32")
+        func = variant.prim_func()
+    func = func.with_attr({"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"})
+    return variant, func.without_attr("global_symbol")
 
 
 def _compile(mod, target):

@@ -6,7 +6,9 @@ the next rename is a one-file change.
 """
 import tvm
 from tvm import s_tir
-from tvm import te, tirx
+from tvm import relax, te, tirx
+from tvm.relax.frontend import nn as relax_nn
+from tvm.relax.frontend.nn.llm import kv_cache
 from tvm.s_tir import Schedule
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir import meta_schedule as ms
@@ -16,7 +18,7 @@ from tvm_ffi import structural_equal
 
 TVM_VERSION = tvm.__version__
 
-__all__ = ["T", "TVM_VERSION", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "structural_equal", "tirx", "tvm"]
+__all__ = ["T", "TVM_VERSION", "kv_cache", "relax", "relax_nn", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "structural_equal", "tirx", "tvm"]
 
 
 def load_tensor_intrinsics():

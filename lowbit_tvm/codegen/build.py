@@ -34,7 +34,7 @@ from typing import Any
 import tvm_ffi
 
 from ..errors import CodegenError
-from ..tvm_api import TVM_VERSION, Target, tirx, tvm
+from ..tvm_api import TVM_VERSION, Target, relax, tirx, tvm
 from . import pipeline
 from .target import arch_of, as_target
 
@@ -188,6 +188,14 @@ def _serialize_import_blob(tree_prefix: bytes, entries: list[tuple[str, bytes | 
         if payload is not None:
             body += _blob(payload)
     return _u64(len(body)) + bytes(body)
+
+
+def _import_tree(module: Any) -> Iterator[Any]:
+    """Every module imported by ``module``, directly or not (a Relax VM executable imports the host
+    module, which imports the CUDA module)."""
+    for imported in module.imports:
+        yield imported
+        yield from _import_tree(imported)
 
 
 def _module_payload(module: Any) -> tuple[str, bytes] | None:
@@ -489,7 +497,7 @@ def device_code(module: Any) -> list[DeviceCode]:
     """
     replacements = getattr(module, "_replacements", {})
     result = []
-    for imported in _host_module(module).imports:
+    for imported in _import_tree(_host_module(module)):
         saved = _module_payload(imported)
         if saved is None:
             continue
@@ -528,6 +536,8 @@ def _function_names(mod_or_func: Any) -> tuple[str, ...]:
     if isinstance(mod_or_func, tirx.PrimFunc):
         symbol = mod_or_func.attrs.get("global_symbol") if mod_or_func.attrs else None
         return (str(symbol) if symbol is not None else "main",)
+    if any(isinstance(func, relax.Function) for func in mod_or_func.functions.values()):
+        return ("vm_load_executable",)  # a Relax graph: the VM executable's loader
     names = []
     for gvar, func in mod_or_func.functions.items():
         if isinstance(func, tirx.PrimFunc):
@@ -582,7 +592,7 @@ def build_module(mod_or_func: Any, target: Any, *, binary: bool = True) -> Compi
             raise CodegenError(f"TVM failed to build for target {tgt}:\n{err}") from err
     replacements: dict[bytes, bytes] = {}
     if compile_binary:
-        for imported in executable.mod.imports:
+        for imported in _import_tree(executable.mod):
             saved = _module_payload(imported)
             if saved is None or saved[0] != "cuda":
                 continue

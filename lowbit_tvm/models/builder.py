@@ -1,0 +1,112 @@
+"""Build a Llama model graph (fp or quantized) into a deployable library plus a safetensors weights file.
+
+``model.so`` holds the Relax VM executable with compiled device code (a fatbin for CUDA, built with nvcc,
+so no GPU is needed to build); ``model.safetensors`` holds the parameters in the order the graph takes
+them, and its metadata says how to run them (config, scheme, dtype, parameter order, tokenizer).
+"""
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..codegen import build_module, export_library
+from ..errors import LibraryError
+from ..kernel import PASS_CONFIG
+from ..quant import get_scheme
+from ..tvm_api import tvm
+from .llama import LlamaForCausalLM, export
+from .quantize import pack_weights, quantize
+from .recipe import METADATA_KEY, WEIGHTS_SUFFIX, ModelRecipe
+
+def graph(recipe: ModelRecipe, target):
+    """The nn model of ``recipe`` for ``target``, its Relax IRModule and parameter order.
+
+    Returns
+    -------
+    (LlamaForCausalLM, tvm.IRModule, list of str)
+    """
+    model = LlamaForCausalLM(recipe.config, target)
+    model.to(recipe.dtype)
+    if recipe.quantized:
+        quantize(model, get_scheme(recipe.scheme), target, skip=recipe.skip)
+    mod, names = export(model)
+    return model, mod, names
+
+
+def build(recipe: ModelRecipe, target):
+    """Compile ``recipe`` for ``target`` (CUDA device code is compiled with nvcc, no GPU needed).
+
+    Returns
+    -------
+    (CompiledModule, LlamaForCausalLM, list of str)
+        The executable, the model (to pack weights with) and the parameter order.
+    """
+    model, mod, names = graph(recipe, target)
+    with target, tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
+        executable = build_module(mod, target)
+    return executable, model, names
+
+
+def save_model(path, recipe: ModelRecipe, weights: dict, target, *, tokenizer_json: str | None = None,
+               overwrite: bool = False) -> Path:
+    """Build ``recipe`` and write ``path`` (``.so``) and its weights file beside it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The library to write; the weights go to the same name with ``.safetensors``.
+    recipe : ModelRecipe
+        What to build.
+    weights : dict of str to numpy.ndarray
+        Float weights with HF names (``model.layers.0.self_attn.q_proj.weight``); quantized layers
+        quantize theirs.
+    target : tvm.target.Target
+        The build target.
+    tokenizer_json : str or None
+        A ``tokenizers`` JSON to store with the weights (``generate``/``perplexity`` on text need it).
+    overwrite : bool
+        Replace existing files; otherwise an existing library or weights file is an error and nothing
+        is written.
+
+    Returns
+    -------
+    Path
+        The library path.
+    """
+    path = Path(path).expanduser().absolute()
+    weights_path = path.with_suffix(WEIGHTS_SUFFIX)
+    if not overwrite:
+        for existing in (path, weights_path):
+            if existing.exists():
+                raise LibraryError(f"refusing to overwrite existing file {existing}; pass overwrite=True")
+    executable, model, names = build(recipe, target)
+    arrays = pack_weights(model, weights, names, recipe.dtype)
+    metadata = {METADATA_KEY: json.dumps({"recipe": recipe.to_json(), "params": names})}
+    if tokenizer_json is not None:
+        metadata["tokenizer"] = tokenizer_json
+    _write_weights(weights_path, names, arrays, metadata)
+    try:
+        export_library(executable, path, overwrite=overwrite)
+    except Exception:
+        weights_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_weights(path: Path, names: list, arrays: list, metadata: dict) -> None:
+    """Write the safetensors file atomically (a temporary file renamed into place)."""
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({name: np.ascontiguousarray(a) for name, a in zip(names, arrays)}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

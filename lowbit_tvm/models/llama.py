@@ -1,0 +1,200 @@
+"""A Llama-family decoder written with TVM Relax (``tvm.relax.frontend.nn``).
+
+Embeddings, RMSNorm, grouped-query attention through TVM's paged KV cache (RoPE applied by the cache's
+TIR kernels), SwiGLU MLP, tied or separate LM head. Parameter names follow HF transformers
+(``model.layers.0.self_attn.q_proj.weight``), so HF/GGUF weights map one to one. Linear layers are
+``nn.Linear`` until ``lowbit_tvm.models.quantize`` swaps them for our low-bit kernels.
+
+Exported functions (see ``spec``): ``create_paged_kv_cache``, ``prefill`` (logits of the last token),
+``score`` (logits of every token, for perplexity) and ``decode`` (one token for each of a batch of
+sequences).
+"""
+from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
+from .config import LlamaConfig
+
+Tensor, op = nn.Tensor, nn.op
+PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache.PagedKVCache, kv_cache.RopeMode, kv_cache.TIRPagedKVCache
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query self-attention over the paged KV cache."""
+
+    def __init__(self, config: LlamaConfig):
+        self.head_dim = config.head_dim
+        self.num_q_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        hidden, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(hidden, self.num_q_heads * d, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(self.num_q_heads * d, hidden, bias=False)
+
+    def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
+        """Attention output for ``x`` [batch, seq, hidden]; appends this step's K/V to ``cache``."""
+        b, s, _ = x.shape
+        d = self.head_dim
+        q = op.reshape(self.q_proj(x), (b, s, self.num_q_heads, d))
+        k = op.reshape(self.k_proj(x), (b, s, self.num_kv_heads, d))
+        v = op.reshape(self.v_proj(x), (b, s, self.num_kv_heads, d))
+        qkv = op.concat([q, k, v], dim=2)
+        out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=d**-0.5)
+        return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * d)))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: LlamaConfig):
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The MLP output for ``x``."""
+        return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm attention and MLP blocks with residual connections."""
+
+    def __init__(self, config: LlamaConfig):
+        eps = config.rms_norm_eps
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
+
+    def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
+        """The layer's output for ``x``."""
+        x = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers and the final norm."""
+
+    def __init__(self, config: LlamaConfig):
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = nn.RMSNorm(config.hidden_size, -1, config.rms_norm_eps, bias=False)
+
+    def forward(self, input_ids: Tensor, cache: PagedKVCache) -> Tensor:
+        """Final hidden states for ``input_ids`` [batch, seq]."""
+        x = self.embed_tokens(input_ids)
+        for layer_id, layer in enumerate(self.layers):
+            x = layer(x, cache, layer_id)
+        return self.norm(x)
+
+
+def _last_token(hidden: te.Tensor) -> te.Tensor:
+    b, s, d = hidden.shape
+    return te.compute((b, 1, d), lambda i, _, j: hidden[i, s - 1, j], name="last_token")
+
+
+class LlamaForCausalLM(nn.Module):
+    """The causal language model with the exported entry points.
+
+    Parameters
+    ----------
+    config : LlamaConfig
+        Model dimensions.
+    target : tvm.target.Target
+        What the graph is built for (the KV cache's attention kernels depend on it).
+    """
+
+    def __init__(self, config: LlamaConfig, target):
+        self.config = config
+        self.target = target
+        self.model = LlamaModel(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.dtype = "float32"
+
+    def to(self, dtype: str | None = None) -> None:
+        """Set the dtype of activations, norms and unquantized weights."""
+        super().to(dtype=dtype)
+        if dtype is not None:
+            self.dtype = dtype
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        if self.config.tie_word_embeddings:
+            weight = op.permute_dims(self.model.embed_tokens.weight)
+            logits = op.matmul(hidden, weight, out_dtype="float32")
+        else:
+            logits = self.lm_head(hidden)
+        return logits if logits.dtype == "float32" else logits.astype("float32")
+
+    def prefill(self, input_ids: Tensor, cache: PagedKVCache):
+        """Run a prompt ``[1, seq]`` through the model; float32 logits of its last token ``[1, 1, vocab]``."""
+        hidden = self.model(input_ids, cache)
+        hidden = op.tensor_expr_op(_last_token, name_hint="last_token", args=[hidden])
+        return self._logits(hidden), cache
+
+    def score(self, input_ids: Tensor, cache: PagedKVCache):
+        """Like ``prefill`` but float32 logits of every token ``[1, seq, vocab]`` (perplexity)."""
+        return self._logits(self.model(input_ids, cache)), cache
+
+    def decode(self, input_ids: Tensor, cache: PagedKVCache):
+        """One new token per sequence ``[batch, 1]``; float32 logits ``[batch, 1, vocab]``."""
+        return self._logits(self.model(input_ids, cache)), cache
+
+    def create_paged_kv_cache(  # pylint: disable=too-many-arguments
+        self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
+    ) -> PagedKVCache:
+        """A paged KV cache object sized at run time (TVM's TIR attention kernels for the target)."""
+        cfg = self.config
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=rx.ShapeExpr([0, cfg.num_hidden_layers]),
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            qk_head_dim=cfg.head_dim,
+            v_head_dim=cfg.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL,
+            rope_scale=1,
+            rope_theta=cfg.rope_theta,
+            rope_scaling={},
+            rope_ext_factors=rx.prim_value(0),
+            rotary_dim=cfg.head_dim,
+            enable_disaggregation=False,
+            dtype=self.dtype,
+            target=self.target,
+        )
+
+    def spec(self) -> nn.spec.ModuleSpec:
+        """The export spec: argument shapes of every entry point; parameters passed as one tuple."""
+        graph = {"param_mode": "packed", "effect_mode": "none"}
+        cache = nn.spec.Object(object_type=PagedKVCache)
+        return {
+            "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "cache": cache, "$": graph},
+            "score": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "cache": cache, "$": graph},
+            "decode": {"input_ids": nn.spec.Tensor(["batch_size", 1], "int32"), "cache": cache, "$": graph},
+            "create_paged_kv_cache": {
+                "max_batch_size": int,
+                "max_total_seq_len": int,
+                "prefill_chunk_size": int,
+                "page_size": int,
+                "support_sliding_window": int,
+                "$": {"param_mode": "none", "effect_mode": "none"},
+            },
+        }
+
+
+def export(model: LlamaForCausalLM):
+    """The Relax IRModule of ``model`` and its parameter names in argument order.
+
+    Returns
+    -------
+    (tvm.IRModule, list of str)
+    """
+    mod, named_params, _ = model.export_tvm(spec=model.spec(), allow_extern=True)
+    return mod, [name for name, _ in named_params]
+

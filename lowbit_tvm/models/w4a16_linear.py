@@ -1,0 +1,87 @@
+"""A Relax linear layer that calls our W4A16 TensorIR kernel."""
+import numpy as np
+
+from ..kernel import graph_function, prepare_weights
+from ..ops.w4a16 import W4A16Op
+from ..quant import Int4Scheme, quantize
+from ..tvm_api import relax_nn as nn
+from .config import ModelConfigError
+
+
+def padded_k(k: int, scheme: Int4Scheme) -> int:
+    """``k`` rounded up to whole groups (and to 32, what the tensor-core kernel reads per step)."""
+    step = 32 if scheme.group_size < 0 else max(32, scheme.group_size)
+    return -(-k // step) * step
+
+
+class W4A16Linear(nn.Module):
+    """``y = x @ dequant(W)^T`` with int4 group-quantized weights, fp16 in and out of the kernel.
+
+    K is zero-padded to whole groups when the group size does not divide it (the activations are padded
+    in the graph, so the padding adds nothing). Parameters: ``qweight`` (uint32, the kernel's layout),
+    ``scales`` (fp16) and, for asymmetric schemes, ``zeros`` (fp16).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        K and N of the layer.
+    scheme : Int4Scheme
+        Group size and symmetry.
+    target : tvm.target.Target
+        CUDA gets the tensor-core schedule, other targets the plain TensorIR.
+    m_hint : int
+        Batch rows the CUDA schedule's tiles are sized for.
+    """
+
+    def __init__(self, in_features: int, out_features: int, scheme: Int4Scheme, target, m_hint: int = 64):
+        self.in_features, self.out_features = in_features, out_features
+        self.scheme = scheme
+        self.k = padded_k(in_features, scheme)
+        self.op, self.func = graph_function(W4A16Op(out_features, self.k, scheme), target, m_hint)
+        groups = scheme.groups(self.k)
+        self.qweight = nn.Parameter(self.op.packed_shape, "uint32")
+        self.scales = nn.Parameter((out_features, groups), "float16")
+        self.zeros = None if scheme.symmetric else nn.Parameter((out_features, groups), "float16")
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        """Apply the layer to ``x`` [..., in_features] (any float dtype; the result has x's dtype)."""
+        lead = x.shape[:-1]
+        rows = 1
+        for dim in lead:
+            rows = rows * dim
+        flat = nn.op.reshape(x, (rows, self.in_features))
+        if flat.dtype != "float16":
+            flat = flat.astype("float16")
+        if self.k != self.in_features:
+            flat = nn.op.pad(flat, [0, 0, 0, self.k - self.in_features])
+        weights = [self.qweight, self.scales] + ([] if self.zeros is None else [self.zeros])
+        out = nn.op.tensor_ir_op(
+            self.func,
+            self.op.name,
+            args=[flat, *weights],
+            out=nn.Tensor.placeholder((rows, self.out_features), "float16"),
+        )
+        if x.dtype != "float16":
+            out = out.astype(x.dtype)
+        return nn.op.reshape(out, (*lead, self.out_features))
+
+    def to(self, dtype: str | None = None) -> None:
+        """Quantized parameters keep their dtypes whatever the model's dtype."""
+
+    def pack(self, weight: np.ndarray) -> dict:
+        """This layer's parameter arrays for a float weight ``[out_features, in_features]``.
+
+        Raises
+        ------
+        ModelConfigError
+            If the weight's shape is not the layer's.
+        """
+        if weight.shape != (self.out_features, self.in_features):
+            raise ModelConfigError(
+                f"weight of shape {weight.shape} does not fit a {self.in_features}->{self.out_features} layer"
+            )
+        if self.k != self.in_features:
+            weight = np.pad(weight, ((0, 0), (0, self.k - self.in_features)))
+        arrays = prepare_weights(self.op, quantize(weight, self.scheme))
+        names = ["qweight", "scales", "zeros"]
+        return dict(zip(names, arrays))
