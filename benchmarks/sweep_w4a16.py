@@ -17,15 +17,16 @@ import numpy as np
 
 
 def candidates(m):
-    """(rule, config) pairs worth timing at batch ``m``."""
+    """(rule, config, reduction) triples worth timing at batch ``m``."""
     # pylint: disable=import-outside-toplevel
     from lowbit_tvm.schedules.w4a16_gemv import GemvConfig, W4A16Gemv
     from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 
     if m <= 8:
-        for tx, ty, vec, rows in itertools.product((32, 64), (2, 4), (16, 32), (1, 2, 4)):
-            yield W4A16Gemv(), GemvConfig(tx, ty, vec, 64, rows)
-        yield W4A16Gemv(), GemvConfig()
+        yield W4A16Gemv(), GemvConfig(), "flat"  # the fp32-decode GEMV: the baseline
+        for tx, ty, vec, rows in itertools.product((8, 16, 32), (2, 4, 8), (16, 32), (2, 4, 8)):
+            if tx * ty >= 32 and ty * rows <= 32:
+                yield W4A16Gemv(), GemvConfig(tx, ty, vec, 64, rows), "word"
         return
     if m <= 16:
         shapes_m, shapes_n, steps = [(1, 1)], [(4, 1), (8, 1), (2, 1)], [(8, 2), (8, 3), (4, 2), (2, 3)]
@@ -36,11 +37,15 @@ def candidates(m):
     else:
         shapes_m, shapes_n, steps = [(2, 4)], [(2, 4), (4, 2)], [(4, 2)]
     for (wm, tm), (wn, tn), (ki, pf), split in itertools.product(shapes_m, shapes_n, steps, (1, 2, 4, 8)):
-        yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split)
+        yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split), "flat"
 
 
 def _fits(op, rule, config):
     """Whether ``config`` tiles ``op`` exactly (the dispatcher only picks such configs)."""
+    if rule.name == "w4a16-gemv" and op.reduction == "word":
+        from lowbit_tvm.schedules.w4a16_gemv import fits_words  # pylint: disable=import-outside-toplevel
+
+        return fits_words(op.n, op.k // 8, **asdict(config))
     if rule.name == "w4a16-gemv":
         return op.n % (config.ty * config.rows) == 0
     steps = op.k // (16 * config.k_inner * config.split_k)
@@ -63,15 +68,16 @@ def build(out, shape, batches):
     target = default_target("sm_90")
     for m in batches:
         functions, configs = {}, {}
-        for i, (rule, config) in enumerate(candidates(m)):
+        for i, (rule, config, reduction) in enumerate(candidates(m)):
             gemv = rule.name == "w4a16-gemv"
-            op = W4A16Op(n, k, get_scheme("w4a16-g128"), m, "float32" if gemv else "float16", "rows" if gemv else "mma")
+            decode, layout = ("float32", "rows") if gemv else ("float16", "mma")
+            op = W4A16Op(n, k, get_scheme("w4a16-g128"), m, decode, layout, reduction)
             if not _fits(op, rule, config):
                 continue
             sch = rule.apply(op.prim_func(), target, config=config)
             name = f"{op.name}_{i}"
             functions[name] = sch.mod["main"].with_attr("global_symbol", name)
-            configs[name] = {"rule": rule.name, "layout": op.layout, **asdict(config)}
+            configs[name] = {"rule": rule.name, "layout": op.layout, "reduction": reduction, **asdict(config)}
         with tvm.transform.PassContext(config=PASS_CONFIG):
             module = build_module(tvm.IRModule(functions), target)
         path = out / f"w4a16_m{m}_n{n}_k{k}.so"
@@ -91,12 +97,15 @@ def _time_all(out, entries):
     from lowbit_tvm.quant.int4 import dequantize  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.quant.mma_layout import to_mma_layout  # pylint: disable=import-outside-toplevel
 
-    weights, libraries, fp16_us = {}, {}, {}
+    from lowbit_tvm.bench import _tinygemm  # pylint: disable=import-outside-toplevel
+
+    weights, libraries, fp16_us, tiny_us = {}, {}, {}, {}
     for entry in entries:
         key = (entry["n"], entry["k"])
         if key not in weights:
             rng = np.random.default_rng()
-            qw = quantize(rng.standard_normal(key, dtype=np.float32), get_scheme("w4a16-g128"))
+            weight = rng.standard_normal(key, dtype=np.float32)
+            qw = quantize(weight, get_scheme("w4a16-g128"))
             w64 = torch.from_numpy(dequantize(qw)).cuda().double()
             weights[key] = {
                 "mma": torch.from_numpy(to_mma_layout(qw.packed)).cuda(),
@@ -104,6 +113,7 @@ def _time_all(out, entries):
                 "scales": torch.from_numpy(qw.scales).cuda(),
                 "w64": w64,
                 "w16": w64.half(),
+                "tinygemm": _tinygemm(torch, weight, 128),
             }
         packed = weights[key][entry["config"]["layout"]]
         scales, w64 = weights[key]["scales"], weights[key]["w64"]
@@ -122,7 +132,12 @@ def _time_all(out, entries):
             fp16_us[workload] = triton.testing.do_bench(
                 lambda: torch.nn.functional.linear(x, w16), warmup=25, rep=100, return_mode="median"
             ) * 1e3
-        yield {**entry, "us": us, "fp16_us": fp16_us[workload], "rel_err": err}
+            tg_packed, tg_sz = weights[key]["tinygemm"]
+            xb = x.bfloat16()
+            tiny_us[workload] = triton.testing.do_bench(
+                lambda: torch.ops.aten._weight_int4pack_mm(xb, tg_packed, 128, tg_sz), warmup=25, rep=100, return_mode="median"
+            ) * 1e3
+        yield {**entry, "us": us, "fp16_us": fp16_us[workload], "tinygemm_us": tiny_us[workload], "rel_err": err}
 
 
 def time(out):
@@ -132,7 +147,8 @@ def time(out):
         rows.append(row)
         knobs = " ".join(f"{key}={value}" for key, value in row["config"].items() if key not in ("rule", "layout"))
         print(f"K={row['k']:6d} N={row['n']:6d} M={row['m']:4d} {knobs}: {row['us']:8.1f} us  fp16 {row['fp16_us']:7.1f}  "
-              f"x{row['fp16_us'] / row['us']:.2f}  err {row['rel_err']:.1e}", flush=True)
+              f"x{row['fp16_us'] / row['us']:.2f}  tinygemm {row['tinygemm_us']:7.1f} x{row['tinygemm_us'] / row['us']:.2f}  "
+              f"err {row['rel_err']:.1e}", flush=True)
     (out / "timed.json").write_text(json.dumps(rows, indent=1))
     best = {}
     for row in rows:
@@ -141,7 +157,8 @@ def time(out):
             best[key] = row
     print("best per workload:")
     for key, row in sorted(best.items()):
-        print(key, row["config"], f"{row['us']:.1f} us x{row['fp16_us'] / row['us']:.2f}")
+        print(key, row["config"], f"{row['us']:.1f} us x{row['fp16_us'] / row['us']:.2f} vs fp16, "
+              f"x{row['tinygemm_us'] / row['us']:.2f} vs tinygemm")
 
 
 def record(arch, timed_files):
@@ -165,8 +182,10 @@ def record(arch, timed_files):
     out = database_dir(arch)
     for (k, n, m), timed in sorted(rows.items()):
         op = W4A16Op(n, k, get_scheme("w4a16-g128"), m)
-        default = asdict(plan(op).config)
-        knobs = [{key: v for key, v in row["config"].items() if key not in ("rule", "layout")} for row in timed]
+        chosen = plan(op)
+        default = asdict(chosen.config)
+        timed = [row for row in timed if row["config"].get("reduction", "flat") == chosen.op.reduction]
+        knobs = [{key: v for key, v in row["config"].items() if key not in ("rule", "layout", "reduction")} for row in timed]
         if default not in knobs:
             print(f"K={k} N={n} M={m}: the default config was not timed; no record")
             continue

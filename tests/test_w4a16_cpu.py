@@ -40,6 +40,24 @@ def test_op_on_llvm_matches_float64(decode, scheme, m, k, n):
         assert err < 2e-3, f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym", "w4a16-pc-asym"])
+@pytest.mark.parametrize("m,k,n", [(1, 256, 40), (3, 512, 72)])
+def test_word_reduction_op_on_llvm_matches_float64(scheme, m, k, n):
+    """The two-level GEMV op (fp16 dot per packed word, fp32 sum times the group scale)."""
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    out = _run_llvm(W4A16Op(n, k, get_scheme(scheme), m, reduction="word"), x, qw)
+    ref = reference_matmul(x, qw)
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 2e-3, f"relative error {err:.2e}"
+
+
+def test_word_reduction_needs_rows_layout():
+    with pytest.raises(ValueError, match="reduction"):
+        W4A16Op(64, 128, get_scheme("w4a16-g128"), 1, layout="mma", reduction="word").prim_func()
+
+
 @pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym", "w4a16-pc"])
 @pytest.mark.parametrize("m,k,n", [(1, 256, 48), (5, 512, 32), (17, 128, 16)])
 def test_op_with_mma_layout_on_llvm_matches_float64(scheme, m, k, n):
@@ -63,6 +81,17 @@ def test_dispatch_picks_gemv_for_small_m_and_tensor_cores_above():
     assert plan(W4A16Op(4096, 4096, scheme, 8)).op.layout == "rows"
     assert plan(W4A16Op(4096, 4096, scheme, 16)).op.layout == "mma"
     assert plan(W4A16Op(4096, 4096, scheme, None)).op.layout == "mma"
+
+
+def test_gemv_plan_uses_word_dots_where_the_config_tiles_exactly():
+    from lowbit_tvm.schedules.w4a16_gemv import fits_words  # pylint: disable=import-outside-toplevel
+
+    scheme = get_scheme("w4a16-g128")
+    for k, n in [(4096, 4096), (4096, 4160), (1024, 1040), (8192, 57344), (28672, 8192)]:
+        chosen = plan(W4A16Op(n, k, scheme, 1))
+        assert chosen.op.reduction == "word" and fits_words(n, k // 8, **chosen.config.__dict__)
+    assert plan(W4A16Op(4096, 11008, scheme, 1)).op.reduction == "flat"  # K/8 = 32 * 43
+    assert plan(W4A16Op(4096, 4096, scheme, 16)).op.reduction == "flat"
 
 
 def test_kernel_arguments_are_checked_with_clear_errors():
@@ -112,6 +141,7 @@ def _build(op, arch, binary):
     [
         (1, 4096, 4096, "w4a16-g128"),
         (4, 11008, 4096, "w4a16-g32-asym"),
+        (3, 4096, 4160, "w4a16-g32-asym"),
         (16, 4096, 4096, "w4a16-g128"),
         (33, 11008, 4160, "w4a16-g128-asym"),
         (128, 4096, 1040, "w4a16-pc"),
@@ -129,6 +159,8 @@ def test_every_default_schedule_builds_to_binary(arch, m, k, n, scheme):
             assert instruction in source
     else:
         assert "uint4" in source  # 16-byte weight loads
+        if chosen.op.reduction == "word":
+            assert "lowbit_word_dot" in source and "lop3.b32" in source
 
 
 @pytest.mark.parametrize("rule", [W4A16Gemv(), W4A16TensorCore()])

@@ -8,7 +8,15 @@ symbolic (dynamic batch).
 
 The function has three blocks that the schedule rules look for by name: ``decode`` (int4 -> fp16),
 ``matmul`` (fp32 accumulation) and ``cast`` (fp32 -> fp16 epilogue).
+
+``reduction="word"`` (``"rows"`` layout only, for the CUDA-core GEMV) sums in two levels instead: a ``dot``
+block takes the fp16 dot product of each packed word's eight codes (minus the zero point, no scale) with
+their activations, and ``matmul`` adds those in fp32, each times its group scale. The scale is then applied
+once per word instead of once per weight, and the in-word sum maps onto ``half2`` arithmetic (see
+``lowbit_tvm.schedules.gemv_intrinsics``).
 """
+import functools
+import operator
 from dataclasses import dataclass, replace
 
 from ..quant import Int4Scheme
@@ -16,8 +24,10 @@ from ..quant import mma_layout
 from ..tvm_api import te, tirx
 
 DECODE = "decode"
+DOT = "dot"
 MATMUL = "matmul"
 CAST = "cast"
+REDUCTIONS = ("flat", "word")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,11 @@ class W4A16Op:
     decode_dtype : str
         What the weights are decoded to before the fp32 multiply-add: ``"float16"`` for tensor cores,
         ``"float32"`` for CUDA-core kernels (exact, and no conversion instruction per weight).
+    layout : str
+        ``"rows"`` (``[N, K/8]`` words) or ``"mma"`` (pre-shuffled tensor-core fragments).
+    reduction : str
+        ``"flat"``: one fp32 sum over K of decoded, scaled weights. ``"word"`` (``"rows"`` only): fp16 dot
+        products per packed word, summed in fp32 times the group scale; ``decode_dtype`` is then unused.
     """
 
     n: int
@@ -43,6 +58,7 @@ class W4A16Op:
     m: int | None = None
     decode_dtype: str = "float16"
     layout: str = "rows"
+    reduction: str = "flat"
 
     @property
     def name(self) -> str:
@@ -51,6 +67,8 @@ class W4A16Op:
         scheme = self.scheme.name.replace("w4a16-", "").replace("-", "_")
         decode = "" if self.decode_dtype == "float16" else "_d32"
         layout = "" if self.layout == "rows" else f"_{self.layout}"
+        if self.reduction == "word":
+            return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}_wd"
         return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}{decode}{layout}"
 
     def with_m(self, m: int | None) -> "W4A16Op":
@@ -64,6 +82,10 @@ class W4A16Op:
     def with_layout(self, layout: str) -> "W4A16Op":
         """The same workload with its weights packed in ``layout``."""
         return replace(self, layout=layout)
+
+    def with_reduction(self, reduction: str) -> "W4A16Op":
+        """The same workload summed as ``reduction`` (``"flat"`` or ``"word"``)."""
+        return replace(self, reduction=reduction)
 
     @property
     def packed_shape(self) -> tuple:
@@ -82,7 +104,7 @@ class W4A16Op:
             "scheme": self.scheme.to_json(),
             "decode_dtype": self.decode_dtype,
             "layout": self.layout,
-        }
+        } | ({"reduction": self.reduction} if self.reduction != "flat" else {})
 
     def prim_func(self) -> tirx.PrimFunc:
         """The unscheduled TensorIR function ``(A, B, S[, Z], C)``."""
@@ -130,6 +152,49 @@ def _decode_fn(b, s, z, group, dtype, layout):
     return decode
 
 
+def word_dot(word, acts, offset):
+    """The fp16 dot product of one packed word's codes minus ``offset - 1024`` with ``acts``.
+
+    Parameters
+    ----------
+    word : PrimExpr
+        A uint32 holding eight 4-bit codes, nibble ``j`` for activation ``j``.
+    acts : list of PrimExpr
+        The eight fp16 activations.
+    offset : PrimExpr
+        fp16 ``1024 + zero point`` (1032 for symmetric schemes).
+
+    Returns
+    -------
+    PrimExpr
+        fp16 ``sum_j (code_j - zero) * acts[j]``: the op's ``dot`` block and the GEMV intrinsic's description
+        share this expression, so tensorize matches it.
+    """
+    terms = []
+    for j, act in enumerate(acts):
+        code = (word >> tirx.const(4 * j, "uint32")) & tirx.const(15, "uint32")
+        biased = tirx.reinterpret("float16", (code | tirx.const(0x6400, "uint32")).astype("uint16"))
+        terms.append((biased - offset) * act)
+    return functools.reduce(operator.add, terms)
+
+
+def _word_op(op: W4A16Op, a, b, s, z, m):
+    """``dot`` (fp16 per packed word) and ``matmul`` (fp32 over words, times the group scale)."""
+    group = op.k // op.scheme.groups(op.k)
+
+    def dot(i, n, w):
+        offset = tirx.const(1032.0, "float16") if z is None else z[n, w * 8 // group] + tirx.const(1024.0, "float16")
+        return word_dot(b[n, w], [a[i, w * 8 + j] for j in range(8)], offset)
+
+    d = te.compute((m, op.n, op.k // 8), dot, name=DOT)
+    r = te.reduce_axis((0, op.k // 8), name="w")
+    return te.compute(
+        (m, op.n),
+        lambda i, j: te.sum(d[i, j, r].astype("float32") * s[j, r * 8 // group].astype("float32"), axis=r),
+        name=MATMUL,
+    )
+
+
 def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
     """Build the TensorIR of ``op``.
 
@@ -154,13 +219,18 @@ def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
     z = None if op.scheme.symmetric else te.placeholder((op.n, groups), "float16", name="Z")
     if op.decode_dtype not in _MAGIC:
         raise ValueError(f"decode_dtype must be one of {sorted(_MAGIC)}, got {op.decode_dtype!r}")
-    w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype, op.layout), name=DECODE)
-    r = te.reduce_axis((0, op.k), name="k")
-    acc = te.compute(
-        (m, op.n),
-        lambda i, j: te.sum(a[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
-        name=MATMUL,
-    )
+    if op.reduction not in REDUCTIONS or (op.reduction == "word" and op.layout != "rows"):
+        raise ValueError(f"reduction must be one of {REDUCTIONS} ('word' with layout 'rows'), got {op.reduction!r}")
+    if op.reduction == "word":
+        acc = _word_op(op, a, b, s, z, m)
+    else:
+        w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype, op.layout), name=DECODE)
+        r = te.reduce_axis((0, op.k), name="k")
+        acc = te.compute(
+            (m, op.n),
+            lambda i, j: te.sum(a[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
+            name=MATMUL,
+        )
     c = te.compute((m, op.n), lambda i, j: acc[i, j].astype("float16"), name=CAST)
     args = [a, b, s] + ([] if z is None else [z]) + [c]
     func = te.create_prim_func(args)

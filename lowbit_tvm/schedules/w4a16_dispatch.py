@@ -1,10 +1,10 @@
 """Which W4A16 rule and default config serve a given batch size and shape."""
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import LowbitError
 from ..ops.w4a16 import W4A16Op
 from .rule import ScheduleRule
-from .w4a16_gemv import GemvConfig, W4A16Gemv
+from .w4a16_gemv import GemvConfig, W4A16Gemv, fits_words
 from .w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 
 # Up to this many rows the CUDA-core GEMV streams the weights once for all rows; above it the
@@ -92,12 +92,33 @@ def tensor_core_config(op: W4A16Op, m: int | None = None) -> TensorCoreConfig:
     return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2, split)
 
 
+# Word-GEMV configs (tx, ty, vec, unroll, rows), best first; the first that tiles N and K/8 exactly is used,
+# else the flat GEMV. Only 32 lanes x 4 words per step: with fewer words per step (K=11008: K/8 = 32 * 43)
+# the word GEMV was slower than the flat one in an H100 sweep at M=1 (benchmarks/NOTES.md, v6).
+GEMV_WORD_CONFIGS = (
+    GemvConfig(32, 4, 32, 64, 2),
+    GemvConfig(32, 1, 32, 64, 2),
+    GemvConfig(32, 1, 32, 64, 1),
+)
+
+
+def gemv_plan(op: W4A16Op) -> Plan:
+    """The GEMV plan for ``op``: the word-dot op with the first fitting ``GEMV_WORD_CONFIGS`` entry, else the
+    flat op (fp32 decode, any shape) with ``GemvConfig()``."""
+    for config in GEMV_WORD_CONFIGS:
+        if fits_words(op.n, op.k // 8, **asdict(config)):
+            return Plan(W4A16Gemv(), op.with_layout("rows").with_reduction("word"), config)
+    return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig())
+
+
 def plan(op: W4A16Op) -> Plan:
     """Choose the rule for ``op``: GEMV up to ``GEMV_MAX_M`` rows, tensor cores above and for dynamic M.
 
-    The returned ``plan.op`` carries the decode dtype and the weight layout that rule reads: ``"rows"``
-    for the GEMV, ``"mma"`` (pre-shuffled fragments) for the tensor cores.
+    The returned ``plan.op`` carries the decode dtype, the weight layout and the reduction that rule reads:
+    ``"rows"`` (word dot products where the shape allows, see ``gemv_plan``) for the GEMV, ``"mma"``
+    (pre-shuffled fragments) for the tensor cores.
     """
     if op.m is not None and op.m <= GEMV_MAX_M:
-        return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows"), GemvConfig())
-    return Plan(W4A16TensorCore(), op.with_decode("float16").with_layout("mma"), tensor_core_config(op))
+        return gemv_plan(op)
+    tc_op = op.with_decode("float16").with_layout("mma").with_reduction("flat")
+    return Plan(W4A16TensorCore(), tc_op, tensor_core_config(op))

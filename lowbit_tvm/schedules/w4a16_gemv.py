@@ -5,11 +5,16 @@ one vectorised load, decodes them in registers and multiplies them with the acti
 row, so each weight byte is read once for the whole batch. ``tx`` threads split K and are reduced
 with warp shuffles; ``ty`` rows share a block. M must be static (a dynamic-M workload gets one such
 kernel per small M, see ``lowbit_tvm.kernel.build``).
+
+Two forms of the op: ``reduction="flat"`` decodes each weight to fp32 and multiplies it by its scale
+(about 6 instructions per weight); ``reduction="word"`` tensorizes each packed word's fp16 dot product
+with ``half2`` arithmetic (``gemv_intrinsics``) and applies the scale once per word in fp32.
 """
 from dataclasses import dataclass
 
-from ..ops.w4a16 import CAST, DECODE, MATMUL
+from ..ops.w4a16 import CAST, DECODE, DOT, MATMUL
 from ..tvm_api import tirx
+from . import gemv_intrinsics
 from .rule import ScheduleRule, find_block
 
 
@@ -33,14 +38,16 @@ class W4A16Gemv(ScheduleRule):
              "rows": (1, 2, 4)}
 
     def schedule(self, sch, target, tunable=False, config=None):
-        blocks = [find_block(sch, name) for name in (DECODE, MATMUL, CAST)]
-        if any(block is None for block in blocks):
+        producer = find_block(sch, DOT) or find_block(sch, DECODE)
+        matmul, cast = find_block(sch, MATMUL), find_block(sch, CAST)
+        if producer is None or matmul is None or cast is None:
             return False
-        decode, matmul, cast = blocks
         if not isinstance(sch.get(sch.get_loops(matmul)[0]).extent, tirx.IntImm):
             return False  # per-thread accumulators for every row need a static M
+        if sch.get(producer).name_hint == DOT:
+            return self._schedule_words(sch, producer, matmul, cast, self.knobs(sch, tunable, config))
         knob = self.knobs(sch, tunable, config)
-        sch.compute_inline(decode)
+        sch.compute_inline(producer)
         i, j, k = sch.get_loops(matmul)
         bx, ty, row = sch.split(j, [None, knob["ty"], knob["rows"]])
         ko, tx, kv = sch.split(k, [None, knob["tx"], knob["vec"]])
@@ -49,6 +56,53 @@ class W4A16Gemv(ScheduleRule):
         self._schedule_partial_sums(sch, rf, knob)
         self._schedule_reduction(sch, matmul, cast, rf, knob)
         return True
+
+    def _schedule_words(self, sch, dot, matmul, cast, knob):
+        """The ``reduction="word"`` op: K is split in packed words, each word's dot product tensorized.
+
+        The splits must divide N and K/8 exactly (``fits_words``): tensorize cannot match a predicated block.
+        """
+        i, j, w = sch.get_loops(matmul)
+        shape = (sch.get(j).extent, sch.get(w).extent)
+        if all(isinstance(v, int) for v in knob.values()) and not fits_words(*(int(e) for e in shape), **knob):
+            raise ValueError(f"GEMV config {knob} does not tile N={shape[0]}, K/8={shape[1]} exactly")
+        bx, ty, row = sch.split(j, [None, knob["ty"], knob["rows"]])
+        ko, tx, wv = sch.split(w, [None, knob["tx"], self._words_per_step(sch, knob)])
+        sch.reorder(bx, ty, row, i, ko, tx, wv)
+        rf = sch.rfactor(tx, factor_axis=0)
+        bx, ty, row, i, ko, tx, wv = sch.get_loops(rf)
+        sch.reorder(bx, ty, tx, ko, row, wv, i)
+        sch.annotate(ko, "pragma_auto_unroll_max_step", knob["unroll"])
+        sch.annotate(ko, "pragma_unroll_explicit", 1)
+        sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE)
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.set_scope(rf, 0, "local")
+        sch.compute_at(dot, sch.get_loops(rf)[-1])
+        sch.set_scope(dot, 0, "local")
+        weights = sch.cache_read(dot, _read_index(sch, dot, "B"), "local")
+        sch.compute_at(weights, ko, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(weights)[-1])
+        acts = sch.cache_read(dot, _read_index(sch, dot, "A"), "local")
+        sch.compute_at(acts, ko, preserve_unit_loops=True)
+        _, vec = sch.split(sch.get_loops(acts)[-1], [None, 8])
+        sch.vectorize(vec)
+        gemv_intrinsics.register()
+        symmetric = len(sch.get(dot).reads) == 2
+        sch.tensorize(dot, gemv_intrinsics.WORD_DOT_SYM if symmetric else gemv_intrinsics.WORD_DOT_ASYM)
+        for loop in sch.get_loops(rf)[-3:]:  # row, word, batch row: registers need constant indices
+            sch.unroll(loop)
+        sch.decompose_reduction(rf, ko)
+        self._schedule_reduction(sch, matmul, cast, rf, knob)
+        return True
+
+    def _words_per_step(self, sch, knob):
+        """``vec / 8``; when tuning a decision of its own (a trace cannot hold ``vec // 8``)."""
+        if isinstance(knob["vec"], int):
+            return knob["vec"] // 8
+        choices = [vec // 8 for vec in self.SPACE["vec"]]
+        return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices))
 
     @staticmethod
     def _schedule_partial_sums(sch, rf, knob):
@@ -84,3 +138,13 @@ class W4A16Gemv(ScheduleRule):
         ty, row = sch.split(j, [knob["ty"], knob["rows"]])
         sch.reorder(ty, row, i)
         sch.bind(ty, "threadIdx.y")
+
+
+def fits_words(n, words, tx, ty, vec, rows, **_):
+    """Whether a word-GEMV config tiles ``n`` rows and ``words`` packed words without remainders."""
+    return n % (ty * rows) == 0 and words % (tx * vec // 8) == 0
+
+
+def _read_index(sch, block, name):
+    """The index of buffer ``name`` among ``block``'s reads."""
+    return [region.source.name for region in sch.get(block).reads].index(name)
