@@ -19,3 +19,15 @@ class LibraryError(LowbitError, RuntimeError):
 
 class LibraryMismatchError(LibraryError):
     """A library was built for another GPU architecture or another TVM version than this process."""
+
+
+class ModelError(LowbitError, ValueError):
+    """A model or data file is missing, unreadable, or not of the expected kind (e.g. not a llama GGUF)."""
+
+
+class MissingPackageError(LowbitError, ImportError):
+    """A package that ships model weights or data is not installed; the message names the pip command."""
+
+
+class EvaluationError(LowbitError, ValueError):
+    """Invalid input to a model evaluation (perplexity windows, token ids, logits of the wrong shape)."""

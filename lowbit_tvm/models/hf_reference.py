@@ -1,0 +1,84 @@
+"""An independent float reference: Hugging Face ``LlamaForCausalLM`` holding GGUF-loaded weights.
+
+Built from :class:`~lowbit_tvm.models.gguf_weights.GgufLlama` config and
+weights only (no hub download). Needs ``transformers`` (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+from ..errors import MissingPackageError, ModelError
+from .gguf_weights import GgufLlama
+
+
+def hf_llama(model: GgufLlama, dtype=None):
+    """Build ``transformers.LlamaForCausalLM`` with the weights of ``model``.
+
+    Parameters
+    ----------
+    model : GgufLlama
+        Config and float32 HF-layout weights.
+    dtype : torch.dtype, optional
+        Parameter dtype; default float32.
+
+    Returns
+    -------
+    transformers.LlamaForCausalLM
+        In eval mode, on the CPU; ``lm_head`` shares the embedding when tied.
+
+    Raises
+    ------
+    MissingPackageError
+        If ``transformers`` is not installed.
+    ModelError
+        If the weights do not match the model built from the config.
+    """
+    import torch  # pylint: disable=import-outside-toplevel
+
+    transformers = _transformers()
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config))
+    state = {name: torch.from_numpy(value) for name, value in model.weights.items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    allowed = {"lm_head.weight"} if model.config["tie_word_embeddings"] else set()
+    if set(missing) - allowed or unexpected:
+        raise ModelError(
+            f"weights do not fit LlamaForCausalLM: missing {sorted(set(missing) - allowed)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    if allowed and hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
+        raise ModelError("tie_word_embeddings is set but lm_head does not share the embedding")
+    return hf.to(dtype or torch.float32).eval()
+
+
+def hf_logits_fn(hf):
+    """A ``logits_fn`` for :func:`~lowbit_tvm.models.perplexity.window_perplexity`.
+
+    Parameters
+    ----------
+    hf : transformers.LlamaForCausalLM
+        The model, e.g. from :func:`hf_llama`.
+
+    Returns
+    -------
+    callable
+        ``ids`` (int numpy ``[T]``) -> float32 torch logits ``[T, vocab]``,
+        computed without gradients.
+    """
+    import torch  # pylint: disable=import-outside-toplevel
+
+    def logits_fn(ids):
+        with torch.no_grad():
+            return hf(torch.as_tensor(ids, dtype=torch.long)[None]).logits[0].float()
+
+    return logits_fn
+
+
+def _transformers():
+    """Import ``transformers`` or raise :class:`MissingPackageError`."""
+    try:
+        import transformers  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        raise MissingPackageError(
+            "the float reference model needs transformers; install it with: "
+            "pip install transformers (or pip install -e '.[test]')"
+        ) from exc
+    return transformers
