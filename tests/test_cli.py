@@ -44,3 +44,20 @@ def test_bad_shape_argument_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--shapes", "4096by4096"])
     assert "shape must look like KxN" in capsys.readouterr().err
+
+
+def test_build_without_a_checkpoint_names_what_is_missing(tmp_path, capsys):
+    assert main(["build", "--model", "llama-2-7b", "--target", "llvm", "-o", str(tmp_path / "m.so")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint is known for preset 'llama-2-7b'; pass a GGUF file" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_build_rejects_an_unknown_preset(tmp_path, capsys):
+    assert main(["build", "--model", "gpt-5", "-o", str(tmp_path / "m.so")]) == 2
+    assert "unknown model preset 'gpt-5'" in capsys.readouterr().err
+
+
+def test_run_names_a_missing_library(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nothing.so")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -11,6 +11,7 @@ sequences).
 """
 from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
+from .w4a16_linear import rows_hint
 
 Tensor, op = nn.Tensor, nn.op
 PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache.PagedKVCache, kv_cache.RopeMode, kv_cache.TIRPagedKVCache
@@ -136,7 +137,8 @@ class LlamaForCausalLM(nn.Module):
 
     def decode(self, input_ids: Tensor, cache: PagedKVCache):
         """One new token per sequence ``[batch, 1]``; float32 logits ``[batch, 1, vocab]``."""
-        return self._logits(self.model(input_ids, cache)), cache
+        with rows_hint(16):
+            return self._logits(self.model(input_ids, cache)), cache
 
     def create_paged_kv_cache(  # pylint: disable=too-many-arguments
         self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window

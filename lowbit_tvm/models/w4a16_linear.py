@@ -1,11 +1,28 @@
 """A Relax linear layer that calls our W4A16 TensorIR kernel."""
+import contextlib
+
 import numpy as np
 
-from ..kernel import graph_function, prepare_weights
+from ..kernel import graph_function, graph_variant, prepare_weights
 from ..ops.w4a16 import W4A16Op
 from ..quant import Int4Scheme, quantize
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
+
+
+# Rows the CUDA tensor-core schedule of a layer is sized for while a graph function is traced
+# (``rows_hint``): decode steps run a few rows, prefill hundreds.
+_ROWS_HINT = [64]
+
+
+@contextlib.contextmanager
+def rows_hint(rows: int):
+    """Size the W4A16 layers traced inside this block for about ``rows`` rows."""
+    _ROWS_HINT.append(rows)
+    try:
+        yield
+    finally:
+        _ROWS_HINT.pop()
 
 
 def padded_k(k: int, scheme: Int4Scheme) -> int:
@@ -29,15 +46,15 @@ class W4A16Linear(nn.Module):
         Group size and symmetry.
     target : tvm.target.Target
         CUDA gets the tensor-core schedule, other targets the plain TensorIR.
-    m_hint : int
-        Batch rows the CUDA schedule's tiles are sized for.
+    The CUDA schedule's tiles are sized for the rows of the enclosing ``rows_hint`` (default 64).
     """
 
-    def __init__(self, in_features: int, out_features: int, scheme: Int4Scheme, target, m_hint: int = 64):
+    def __init__(self, in_features: int, out_features: int, scheme: Int4Scheme, target):
         self.in_features, self.out_features = in_features, out_features
         self.scheme = scheme
+        self.target = target
         self.k = padded_k(in_features, scheme)
-        self.op, self.func = graph_function(W4A16Op(out_features, self.k, scheme), target, m_hint)
+        self.op = graph_variant(W4A16Op(out_features, self.k, scheme), target)
         groups = scheme.groups(self.k)
         self.qweight = nn.Parameter(self.op.packed_shape, "uint32")
         self.scales = nn.Parameter((out_features, groups), "float16")
@@ -55,9 +72,10 @@ class W4A16Linear(nn.Module):
         if self.k != self.in_features:
             flat = nn.op.pad(flat, [0, 0, 0, self.k - self.in_features])
         weights = [self.qweight, self.scales] + ([] if self.zeros is None else [self.zeros])
+        rows_wanted = _ROWS_HINT[-1]
         out = nn.op.tensor_ir_op(
-            self.func,
-            self.op.name,
+            graph_function(self.op, self.target, rows_wanted),
+            f"{self.op.name}_r{rows_wanted}",
             args=[flat, *weights],
             out=nn.Tensor.placeholder((rows, self.out_features), "float16"),
         )

