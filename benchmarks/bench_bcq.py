@@ -112,9 +112,9 @@ def time_shape(torch, built, k, n, bandwidth, load_library):
         w4_us = _time(lambda: w4_fn(x, *w4_args, out))
         for bits in BITS:
             path, name, k_padded = built["bcq", bits, m, k, n]
-            if bits not in bcq_weights:
-                bcq_weights[bits] = _bcq_inputs(torch, bits, n, k, k_padded, rng)
-            args, dense = bcq_weights[bits]
+            if (bits, k_padded) not in bcq_weights:  # the planes' padded K follows the config's K tile
+                bcq_weights[bits, k_padded] = _bcq_inputs(torch, bits, n, k, k_padded, rng)
+            args, dense = bcq_weights[bits, k_padded]
             fn = load_library(path)[name]
             fn(x, *args, out)
             _check(out, x.double().cpu().numpy() @ dense.T.astype(np.float64), name)

@@ -42,6 +42,12 @@ def test_padded_k_matches_float64(k, k_multiple, group):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-3
 
 
+@pytest.mark.parametrize("m", [0, 9, 64])
+def test_batch_beyond_the_supported_range_is_refused(m):
+    with pytest.raises(ValueError, match=f"batches of 1 to 8 rows .* got M={m}"):
+        BCQLutOp(4096, 4096, BCQScheme(bits=3, group_size=128), m)
+
+
 def test_k_not_packable_is_refused():
     with pytest.raises(ValueError, match="K % 32"):
         BCQLutOp(16, 48, BCQScheme(bits=3, group_size=-1), 1).prim_func()

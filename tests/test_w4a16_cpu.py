@@ -72,13 +72,14 @@ def test_op_with_mma_layout_on_llvm_matches_float64(scheme, m, k, n):
         assert err < 2e-3, f"relative error {err:.2e}"
 
 
-def test_dispatch_picks_gemv_for_small_m_and_tensor_cores_above():
+def test_dispatch_picks_gemv_for_one_row_and_tensor_cores_above():
     scheme = get_scheme("w4a16-g128")
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, 1)).rule, W4A16Gemv)
-    assert isinstance(plan(W4A16Op(4096, 4096, scheme, 8)).rule, W4A16Gemv)
+    assert isinstance(plan(W4A16Op(4096, 4096, scheme, 8)).rule, W4A16TensorCore)
+    assert isinstance(plan(W4A16Op(4104, 4096, scheme, 8)).rule, W4A16Gemv)  # N % 16 != 0: GEMV serves it
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, 16)).rule, W4A16TensorCore)
     assert isinstance(plan(W4A16Op(4096, 4096, scheme, None)).rule, W4A16TensorCore)
-    assert plan(W4A16Op(4096, 4096, scheme, 8)).op.layout == "rows"
+    assert plan(W4A16Op(4096, 4096, scheme, 1)).op.layout == "rows"
     assert plan(W4A16Op(4096, 4096, scheme, 16)).op.layout == "mma"
     assert plan(W4A16Op(4096, 4096, scheme, None)).op.layout == "mma"
 

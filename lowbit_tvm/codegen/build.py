@@ -546,7 +546,7 @@ def _function_names(mod_or_func: Any) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def build_module(mod_or_func: Any, target: Any, *, binary: bool = True, relax_pipeline: Any = "default") -> CompiledModule:
+def build_module(mod_or_func: Any, target: Any, *, binary: bool = True) -> CompiledModule:
     """Compile a scheduled TensorIR module for ``target``.
 
     Parameters
@@ -559,8 +559,6 @@ def build_module(mod_or_func: Any, target: Any, *, binary: bool = True, relax_pi
         For CUDA targets: compile the device code with nvcc to a fatbin for the target's arch. This
         works without a GPU. With False the device module may keep CUDA source (on a machine without
         an NVIDIA driver it does), which needs a compiler wherever the library is loaded.
-    relax_pipeline : str or tvm.transform.Pass
-        For Relax graphs: the Relax pipeline (``tvm.compile``'s argument).
 
     Returns
     -------
@@ -587,9 +585,7 @@ def build_module(mod_or_func: Any, target: Any, *, binary: bool = True, relax_pi
         _require_nvcc()
     with nvcc_compile_callback(tgt) if compile_binary else contextlib.nullcontext() as state:
         try:
-            executable = tvm.compile(
-                mod_or_func, target=tgt, relax_pipeline=relax_pipeline, tir_pipeline=pipeline.register()
-            )
+            executable = tvm.compile(mod_or_func, target=tgt, tir_pipeline=pipeline.register())
         except Exception as err:
             if state is not None and state.error is not None:
                 raise state.error from None

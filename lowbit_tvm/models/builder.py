@@ -17,8 +17,7 @@ from ..codegen import build_module, export_library
 from ..errors import LibraryError
 from ..kernel import PASS_CONFIG
 from ..quant import get_scheme
-from ..tvm_api import relax, tvm
-from .graph_pipeline import cuda_pipeline
+from ..tvm_api import tvm
 from .llama import LlamaForCausalLM, export
 from .quantize import pack_weights, quantize
 from .recipe import METADATA_KEY, WEIGHTS_SUFFIX, ModelRecipe
@@ -47,11 +46,8 @@ def build(recipe: ModelRecipe, target):
         The executable, the model (to pack weights with) and the parameter order.
     """
     model, mod, names = graph(recipe, target)
-    # x @ W^T as one TensorIR matmul: without it every step transposes each fp weight in memory.
-    mod = relax.transform.FuseTransposeMatmul()(mod)
-    pipeline = cuda_pipeline(target) if target.kind.name == "cuda" else "default"
     with target, tvm.transform.PassContext(opt_level=3, config=PASS_CONFIG):
-        executable = build_module(mod, target, relax_pipeline=pipeline)
+        executable = build_module(mod, target)
     return executable, model, names
 
 

@@ -3,7 +3,8 @@
 Embeddings, RMSNorm, grouped-query attention through TVM's paged KV cache (RoPE applied by the cache's
 TIR kernels), SwiGLU MLP, tied or separate LM head. Parameter names follow HF transformers
 (``model.layers.0.self_attn.q_proj.weight``), so HF/GGUF weights map one to one. Linear layers are
-``nn.Linear`` until ``lowbit_tvm.models.quantize`` swaps them for our low-bit kernels.
+``FpLinear`` (matmuls scheduled for decode or prefill rows) until ``lowbit_tvm.models.quantize`` swaps them
+for our low-bit kernels.
 
 Exported functions (see ``spec``): ``create_paged_kv_cache``, ``prefill`` (logits of the last token),
 ``score`` (logits of every token, for perplexity) and ``decode`` (one token for each of a batch of
@@ -11,6 +12,7 @@ sequences).
 """
 from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
+from .fp_linear import FpLinear, linear_nt
 from .w4a16_linear import rows_hint
 
 Tensor, op = nn.Tensor, nn.op
@@ -20,15 +22,15 @@ PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache.PagedKVCache, kv_cache.RopeMo
 class LlamaAttention(nn.Module):
     """Grouped-query self-attention over the paged KV cache."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, target):
         self.head_dim = config.head_dim
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         hidden, d = config.hidden_size, config.head_dim
-        self.q_proj = nn.Linear(hidden, self.num_q_heads * d, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=False)
-        self.o_proj = nn.Linear(self.num_q_heads * d, hidden, bias=False)
+        self.q_proj = FpLinear(hidden, self.num_q_heads * d, target)
+        self.k_proj = FpLinear(hidden, self.num_kv_heads * d, target)
+        self.v_proj = FpLinear(hidden, self.num_kv_heads * d, target)
+        self.o_proj = FpLinear(self.num_q_heads * d, hidden, target)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
         """Attention output for ``x`` [batch, seq, hidden]; appends this step's K/V to ``cache``."""
@@ -45,10 +47,10 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, config: LlamaConfig):
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+    def __init__(self, config: LlamaConfig, target):
+        self.gate_proj = FpLinear(config.hidden_size, config.intermediate_size, target)
+        self.up_proj = FpLinear(config.hidden_size, config.intermediate_size, target)
+        self.down_proj = FpLinear(config.intermediate_size, config.hidden_size, target)
 
     def forward(self, x: Tensor) -> Tensor:
         """The MLP output for ``x``."""
@@ -58,10 +60,10 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm attention and MLP blocks with residual connections."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, target):
         eps = config.rms_norm_eps
-        self.self_attn = LlamaAttention(config)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = LlamaAttention(config, target)
+        self.mlp = LlamaMLP(config, target)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
 
@@ -74,9 +76,9 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     """Embeddings, decoder layers and the final norm."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, target):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, target) for _ in range(config.num_hidden_layers)])
         self.norm = nn.RMSNorm(config.hidden_size, -1, config.rms_norm_eps, bias=False)
 
     def forward(self, input_ids: Tensor, cache: PagedKVCache) -> Tensor:
@@ -106,9 +108,9 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: LlamaConfig, target):
         self.config = config
         self.target = target
-        self.model = LlamaModel(config)
+        self.model = LlamaModel(config, target)
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = FpLinear(config.hidden_size, config.vocab_size, target)
         self.dtype = "float32"
 
     def to(self, dtype: str | None = None) -> None:
@@ -119,8 +121,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _logits(self, hidden: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            weight = op.permute_dims(self.model.embed_tokens.weight)
-            logits = op.matmul(hidden, weight, out_dtype="float32")
+            logits = linear_nt(hidden, self.model.embed_tokens.weight, self.target)
         else:
             logits = self.lm_head(hidden)
         return logits if logits.dtype == "float32" else logits.astype("float32")

@@ -10,6 +10,7 @@ import numpy as np
 from ..quant import Int4Scheme
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
+from .fp_linear import FpLinear
 from .recipe import DEFAULT_SKIP
 from .w4a16_linear import W4A16Linear
 
@@ -17,7 +18,7 @@ LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear}
 
 
 def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
-    """Replace every bias-free ``nn.Linear`` of ``model`` (in place) by the layer that runs ``scheme``.
+    """Replace every ``FpLinear`` of ``model`` (in place) by the layer that runs ``scheme``.
 
     Parameters
     ----------
@@ -46,7 +47,7 @@ def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
         raise ModelConfigError(f"no quantized layer for a {type(scheme).__name__}; known scheme types: {known}")
     replaced = []
     for parent, attr, full, child in list(_submodules(model)):
-        if not isinstance(child, nn.Linear) or child.bias is not None:
+        if not isinstance(child, FpLinear):
             continue
         if any(fnmatch(full, pattern) for pattern in skip):
             continue

@@ -25,6 +25,11 @@ def rows_hint(rows: int):
         _ROWS_HINT.pop()
 
 
+def current_rows_hint() -> int:
+    """The rows of the innermost ``rows_hint`` (64 outside any)."""
+    return _ROWS_HINT[-1]
+
+
 def padded_k(k: int, scheme: Int4Scheme) -> int:
     """``k`` rounded up to whole groups (and to 32, what the tensor-core kernel reads per step)."""
     step = 32 if scheme.group_size < 0 else max(32, scheme.group_size)

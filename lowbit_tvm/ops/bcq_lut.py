@@ -21,6 +21,7 @@ from ..quant.bcq import BITS_PER_WORD, BCQScheme
 from ..tvm_api import te, tirx
 
 MU = 8  # activations per lookup table (one byte of a plane word)
+MAX_M = 8  # batch rows: the tables (and lookups) grow with every row
 HALF = 4  # activations per half table
 BYTES = BITS_PER_WORD // MU  # tables per plane word
 LUT_HALF = "lut_half"
@@ -41,9 +42,14 @@ class BCQLutOp:
     scheme : BCQScheme
         Bits, group size and offset of the weights.
     m : int
-        Batch rows.
+        Batch rows, 1 to ``MAX_M``.
     k_multiple : int
         The planes' K is padded up to a multiple of this (a multiple of 32): the schedule's K tile.
+
+    Raises
+    ------
+    ValueError
+        If ``m`` is outside 1..``MAX_M``.
     """
 
     n: int
@@ -51,6 +57,14 @@ class BCQLutOp:
     scheme: BCQScheme
     m: int
     k_multiple: int = BITS_PER_WORD
+
+    def __post_init__(self):
+        if not 1 <= self.m <= MAX_M:
+            raise ValueError(
+                f"BCQ LUT-GEMM serves batches of 1 to {MAX_M} rows (every row needs its own lookup tables), "
+                f"got M={self.m}; for larger batches convert the weights with quant.bcq and use the W4A16 "
+                "tensor-core kernel, or split the batch"
+            )
 
     @property
     def k_padded(self) -> int:

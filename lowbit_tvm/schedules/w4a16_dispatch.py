@@ -7,9 +7,13 @@ from .rule import ScheduleRule
 from .w4a16_gemv import GemvConfig, W4A16Gemv, fits_words
 from .w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 
-# Up to this many rows the CUDA-core GEMV streams the weights once for all rows; above it the
-# tensor cores win.
+# The CUDA-core GEMV serves up to GEMV_MAX_M rows, but is preferred only up to GEMV_PREFERRED_M: from
+# 2 rows on, the tensor-core kernel (rows padded to 16) is as fast or faster wherever it applies (H100,
+# benchmarks/results/.../bcq.json's w4a16_us vs w4a16.json at M=16: 8192x57344 M=2 GEMV 135 us, M=8 475 us,
+# tensor cores at M=16 126 us; 11008x4096 M=8 GEMV 253 us vs 27 us). Above GEMV_PREFERRED_M the GEMV
+# only serves shapes the tensor cores cannot (N % 16 or K % 32 not zero).
 GEMV_MAX_M = 8
+GEMV_PREFERRED_M = 1
 # Blocks wanted in flight: the H100's multiprocessor count.
 SM_COUNT = 132
 
@@ -111,14 +115,19 @@ def gemv_plan(op: W4A16Op) -> Plan:
     return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig())
 
 
+def _tensor_cores_fit(op: W4A16Op) -> bool:
+    return op.n % 16 == 0 and op.k % 32 == 0
+
+
 def plan(op: W4A16Op) -> Plan:
-    """Choose the rule for ``op``: GEMV up to ``GEMV_MAX_M`` rows, tensor cores above and for dynamic M.
+    """Choose the rule for ``op``: GEMV for one row (and up to ``GEMV_MAX_M`` rows of shapes the tensor
+    cores cannot serve), tensor cores otherwise and for dynamic M.
 
     The returned ``plan.op`` carries the decode dtype, the weight layout and the reduction that rule reads:
     ``"rows"`` (word dot products where the shape allows, see ``gemv_plan``) for the GEMV, ``"mma"``
     (pre-shuffled fragments) for the tensor cores.
     """
-    if op.m is not None and op.m <= GEMV_MAX_M:
+    if op.m is not None and op.m <= GEMV_MAX_M and (op.m <= GEMV_PREFERRED_M or not _tensor_cores_fit(op)):
         return gemv_plan(op)
     tc_op = op.with_decode("float16").with_layout("mma").with_reduction("flat")
     return Plan(W4A16TensorCore(), tc_op, tensor_core_config(op))

@@ -1,0 +1,72 @@
+"""Perplexity of SmolLM2-135M with its linear layers quantized by each scheme (CPU, HF transformers).
+
+Usage: python benchmarks/smollm2_perplexity.py [--methods int4-sym int4-asym rtn3-asym bcq3 bcq4] [--windows 56]
+
+Every q/k/v/o/gate/up/down weight is replaced by its reconstruction (quantize + dequantize, group 128, K padded
+to whole groups; methods from ``bcq_accuracy.py``); embeddings, norms and the tied LM head stay as in the GGUF.
+The model then runs in HF transformers (fp32) on the Lee corpus protocol of ``lowbit_tvm.models.perplexity``
+(56 windows of 512 tokens: 28,616 scored tokens). Our Relax graph with the W4A16 kernel computes the same
+function up to fp16 activation rounding (``tests/test_llama_cpu.py`` checks it against these dequantized
+weights), so these are the quantizers' perplexities. Prints a markdown table; ``--json`` writes the records.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bcq_accuracy import linear_weights, methods  # noqa: E402  pylint: disable=wrong-import-position
+
+from lowbit_tvm.models.corpus import lee_corpus_text  # noqa: E402  pylint: disable=wrong-import-position
+from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # noqa: E402
+from lowbit_tvm.models.hf_reference import hf_llama, hf_logits_fn  # noqa: E402
+from lowbit_tvm.models.perplexity import window_perplexity  # noqa: E402
+
+GROUP = 128
+
+
+def perplexity_with(model, replaced: dict, ids, windows: int):
+    """Perplexity of ``model`` with the weights in ``replaced`` swapped in."""
+    original = dict(model.weights)
+    model.weights.update(replaced)
+    try:
+        hf = hf_llama(model)
+    finally:
+        model.weights.clear()
+        model.weights.update(original)
+    return window_perplexity(hf_logits_fn(hf), ids, 512, max_windows=windows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["fp", "int4-sym", "int4-asym", "rtn3-asym", "bcq3", "bcq4"])
+    parser.add_argument("--windows", type=int, default=56)
+    parser.add_argument("--iterations", type=int, default=10, help="BCQ refinement rounds")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    model = load_gguf_llama(find_smollm2_gguf())
+    ids = model.tokenizer().encode(lee_corpus_text()).ids
+    linears = linear_weights(model, model.config["num_hidden_layers"])
+    fns = methods(args.iterations, GROUP)
+    records = []
+    for method in args.methods:
+        start = time.time()
+        replaced = {} if method == "fp" else {name: fns[method](w).astype("float32") for name, w in linears.items()}
+        result = perplexity_with(model, replaced, ids, args.windows)
+        records.append({"method": method, "group": GROUP, "perplexity": result.perplexity,
+                        "scored_tokens": result.scored_tokens})
+        print(f"{method}: perplexity {result.perplexity:.2f} over {result.scored_tokens} tokens "
+              f"({time.time() - start:.0f} s)", flush=True)
+    print("\n| method (group 128) | perplexity | vs fp |\n|---|---|---|")
+    base = next((r["perplexity"] for r in records if r["method"] == "fp"), None)
+    for r in records:
+        rel = f"{(r['perplexity'] / base - 1) * 100:+.1f} %" if base else ""
+        print(f"| {r['method']} | {r['perplexity']:.2f} | {rel} |")
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

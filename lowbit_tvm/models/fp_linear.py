@@ -1,0 +1,83 @@
+"""Floating-point linear layers whose matmul is scheduled for the rows it will see.
+
+``y = x @ W^T`` is one TensorIR function (fp32 accumulation, result in x's dtype) per (shape, dtype,
+rows hint). On CUDA it is scheduled here with dlight: ``LowBatchGEMV`` for decode steps (a few rows,
+``rows_hint`` <= 16) and ``Matmul`` for prefill; a shared function would get one schedule for both.
+"""
+from ..tvm_api import relax_nn as nn, te, tirx, tvm
+from .w4a16_linear import current_rows_hint
+
+OPAQUE_PATTERN = 8
+_FUNCTIONS = {}
+
+
+def _matmul_nt(k: int, n: int, dtype: str):
+    m = tirx.Var("m", "int32")
+    x = te.placeholder((m, k), dtype, name="x")
+    w = te.placeholder((n, k), dtype, name="w")
+    r = te.reduce_axis((0, k), name="k")
+    acc = te.compute(
+        (m, n), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r), name="matmul"
+    )
+    out = te.compute((m, n), lambda i, j: acc[i, j].astype(dtype), name="cast")
+    return te.create_prim_func([x, w, out])
+
+
+def _schedule(func, target, rows: int):
+    from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
+
+    rules = [dl.gpu.LowBatchGEMV(), dl.gpu.Matmul()] if rows <= 16 else [dl.gpu.Matmul()]
+    mod = tvm.IRModule({"main": func})
+    with target:
+        mod = dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())(mod)
+    return mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def matmul_nt_function(k: int, n: int, dtype: str, target, rows: int):
+    """The (cached) PrimFunc ``(x [m, k], w [n, k]) -> x @ w^T [m, n]`` for ``target``."""
+    key = (k, n, dtype, str(target), rows)
+    if key not in _FUNCTIONS:
+        func = _matmul_nt(k, n, dtype)
+        if target.kind.name == "cuda":
+            func = _schedule(func, target, rows)
+        _FUNCTIONS[key] = func.with_attr("op_pattern", OPAQUE_PATTERN).without_attr("global_symbol")
+    return _FUNCTIONS[key]
+
+
+def linear_nt(x: nn.Tensor, weight: nn.Tensor, target) -> nn.Tensor:
+    """``x [..., k] @ weight[n, k]^T`` through ``matmul_nt_function`` (the result has x's dtype)."""
+    *lead, k = x.shape
+    n = weight.shape[0]
+    rows = 1
+    for dim in lead:
+        rows = rows * dim
+    hint = current_rows_hint()
+    func = matmul_nt_function(int(k), int(n), x.dtype, target, hint)
+    out = nn.op.tensor_ir_op(
+        func,
+        f"matmul_nt_k{k}_n{n}_r{hint}",
+        args=[nn.op.reshape(x, (rows, k)), weight],
+        out=nn.Tensor.placeholder((rows, n), x.dtype),
+    )
+    return nn.op.reshape(out, (*lead, n))
+
+
+class FpLinear(nn.Module):
+    """A bias-free linear layer in the model's dtype (what ``quantize`` replaces with low-bit layers).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        K and N.
+    target : tvm.target.Target
+        The build target (the matmul is scheduled for it).
+    """
+
+    def __init__(self, in_features: int, out_features: int, target):
+        self.in_features, self.out_features = in_features, out_features
+        self.target = target
+        self.weight = nn.Parameter((out_features, in_features))
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        """``x @ weight^T``."""
+        return linear_nt(x, self.weight, self.target)
