@@ -1,6 +1,9 @@
 """Perplexity of SmolLM2-135M with its linear layers quantized by each scheme (CPU, HF transformers).
 
-Usage: python benchmarks/smollm2_perplexity.py [--methods int4-sym int4-asym rtn3-asym bcq3 bcq4] [--windows 56]
+Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym bcq3 abcq3 ...] [--windows 56]
+
+``abcq3``/``abcq4``: activation-aware BCQ (least squares weighted by each input channel's mean square
+activation on 512 tokens of the calibration text ``lee.cor``, never on the evaluation text).
 
 Every q/k/v/o/gate/up/down weight is replaced by its reconstruction (quantize + dequantize, group 128, K padded
 to whole groups; methods from ``bcq_accuracy.py``); embeddings, norms and the tied LM head stay as in the GGUF.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bcq_accuracy import linear_weights, methods  # noqa: E402  pylint: disable=wrong-import-position
+from bcq_accuracy import calibration_inputs, linear_weights, methods  # noqa: E402  pylint: disable=wrong-import-position
 
 from lowbit_tvm.models.corpus import lee_corpus_text  # noqa: E402  pylint: disable=wrong-import-position
 from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # noqa: E402
@@ -25,6 +28,25 @@ from lowbit_tvm.models.hf_reference import hf_llama, hf_logits_fn  # noqa: E402
 from lowbit_tvm.models.perplexity import window_perplexity  # noqa: E402
 
 GROUP = 128
+CALIBRATION_TOKENS = 512
+
+
+def aware_bcq(bits: int, iterations: int, activations: dict):
+    """Activation-aware BCQ: the fit weighted by each input channel's mean square activation on the
+    calibration text (``lee.cor``, not the evaluation text)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.quant.bcq import BCQScheme, bcq_dequantize, bcq_quantize  # pylint: disable=import-outside-toplevel
+
+    def run(name, w):
+        k = w.shape[1]
+        energy = np.pad((activations[name] ** 2).mean(axis=0), (0, -k % GROUP))
+        energy = energy + 1e-3 * energy.mean()  # padded columns and dead channels keep a little weight
+        padded = np.pad(w, ((0, 0), (0, -k % GROUP)))
+        scheme = BCQScheme(bits, GROUP, True)
+        return bcq_dequantize(bcq_quantize(padded, scheme, iterations, channel_weights=energy))[:, :k]
+
+    return run
 
 
 def perplexity_with(model, replaced: dict, ids, windows: int):
@@ -49,11 +71,17 @@ def main():
     model = load_gguf_llama(find_smollm2_gguf())
     ids = model.tokenizer().encode(lee_corpus_text()).ids
     linears = linear_weights(model, model.config["num_hidden_layers"])
-    fns = methods(args.iterations, GROUP)
+    fns = {name: (lambda fn: lambda _, w: fn(w))(fn) for name, fn in methods(args.iterations, GROUP).items()}
+    if any(method.startswith("abcq") for method in args.methods):
+        activations = calibration_inputs(model, CALIBRATION_TOKENS)
+        fns["abcq3"] = aware_bcq(3, args.iterations, activations)
+        fns["abcq4"] = aware_bcq(4, args.iterations, activations)
     records = []
     for method in args.methods:
         start = time.time()
-        replaced = {} if method == "fp" else {name: fns[method](w).astype("float32") for name, w in linears.items()}
+        replaced = {} if method == "fp" else {
+            name: fns[method](name, w).astype("float32") for name, w in linears.items()
+        }
         result = perplexity_with(model, replaced, ids, args.windows)
         records.append({"method": method, "group": GROUP, "perplexity": result.perplexity,
                         "scored_tokens": result.scored_tokens})

@@ -215,7 +215,7 @@ def unpack_planes(planes: np.ndarray, k: int) -> np.ndarray:
 # ------------------------------------------------------------- quantization
 
 
-def bcq_quantize(weight, scheme: BCQScheme, iterations: int = 10) -> BCQWeight:
+def bcq_quantize(weight, scheme: BCQScheme, iterations: int = 10, channel_weights=None) -> BCQWeight:
     """Quantize a ``[N, K]`` weight matrix with binary-coding quantization.
 
     Parameters
@@ -227,6 +227,10 @@ def bcq_quantize(weight, scheme: BCQScheme, iterations: int = 10) -> BCQWeight:
         The BCQ scheme.
     iterations : int
         Alternating refinement rounds after the greedy init (0 = greedy only).
+    channel_weights : array-like of shape [K], optional
+        Importance of each input channel, e.g. the mean square of its activations on calibration
+        data (activation-aware BCQ): the fit then minimises ``sum_k c_k (w_k - w_hat_k)^2``, the
+        diagonal approximation of the layer's output error, instead of the plain weight error.
 
     Returns
     -------
@@ -262,12 +266,13 @@ def bcq_quantize(weight, scheme: BCQScheme, iterations: int = 10) -> BCQWeight:
     n, k = _check_weight_shape(array, scheme)
     _check_finite(array, "weight")
     groups, bits = scheme.groups(k), scheme.bits
+    importance = _channel_importance(channel_weights, k).reshape(groups, scheme.group_len(k))
     signs = np.empty((bits, n, k), dtype=bool)
     alphas = np.empty((n, groups, bits), dtype=np.float16)
     offsets = np.empty((n, groups), dtype=np.float16)
     for start, stop in _row_chunks(n, k, _CHUNK_ELEMENTS):
         idx, alphas[start:stop], offsets[start:stop] = _quantize_rows(
-            array[start:stop], scheme, iterations
+            array[start:stop], scheme, iterations, importance
         )
         for b in range(bits):
             signs[b, start:stop] = ((idx >> b) & 1).reshape(stop - start, k).astype(bool)
@@ -353,19 +358,34 @@ def bcq_from_uniform(codes, scales, zeros, bits: int, group_size: int) -> BCQWei
 # ------------------------------------------------------------------ helpers
 
 
-def _quantize_rows(rows: np.ndarray, scheme: BCQScheme, iterations: int) -> tuple:
-    """Quantize a row block; return ``(idx [n, G, g], alphas16, offsets16)``."""
+def _channel_importance(channel_weights, k: int) -> np.ndarray:
+    """Per-channel weights of the fit (mean 1), all ones when none are given."""
+    if channel_weights is None:
+        return np.ones(k)
+    c = np.asarray(channel_weights, dtype=np.float64).reshape(-1)
+    if c.shape != (k,) or not np.isfinite(c).all() or (c < 0).any() or c.sum() <= 0:
+        raise QuantizationError(
+            f"channel_weights must be {k} finite non-negative numbers, not all zero; got shape {c.shape}"
+        )
+    return c / c.mean()
+
+
+def _quantize_rows(rows: np.ndarray, scheme: BCQScheme, iterations: int, importance: np.ndarray) -> tuple:
+    """Quantize a row block; return ``(idx [n, G, g], alphas16, offsets16)``.
+
+    ``importance`` ``[G, g]`` weighs each element's squared error (ones: plain weight error).
+    """
     n, k = rows.shape
     w = rows.astype(np.float64).reshape(n, scheme.groups(k), scheme.group_len(k))
     idx, alphas, offset = _greedy_init(w, scheme)
     alphas16 = _to_fp16(alphas, "alphas", weights_too_large=True)
     offset16 = _to_fp16(offset, "offsets", weights_too_large=True)
     best = (idx, alphas16, offset16)
-    best_err = _group_error(w, *best)
+    best_err = _group_error(w, *best, importance)
     for _ in range(iterations):
-        alphas16, offset16 = _refit(w, idx, alphas16, offset16, scheme)
+        alphas16, offset16 = _refit(w, idx, alphas16, offset16, scheme, importance)
         idx = _assign(w, alphas16, offset16)
-        err = _group_error(w, idx, alphas16, offset16)
+        err = _group_error(w, idx, alphas16, offset16, importance)
         best, best_err = _keep_best(best, best_err, (idx, alphas16, offset16), err)
     return _make_positive(*best)
 
@@ -393,8 +413,8 @@ def _plane_signs(idx: np.ndarray, bits: int) -> np.ndarray:
     return ((idx[:, :, None, :] >> shifts) & 1).astype(np.float64) * 2.0 - 1.0
 
 
-def _refit(w, idx, alphas16, offset16, scheme: BCQScheme) -> tuple:
-    """Least-squares alphas (and offset) for fixed planes, rounded to float16.
+def _refit(w, idx, alphas16, offset16, scheme: BCQScheme, importance: np.ndarray) -> tuple:
+    """Weighted least-squares alphas (and offset) for fixed planes, rounded to float16.
 
     Groups whose solution is not representable in float16 keep their
     previous parameters.
@@ -403,8 +423,9 @@ def _refit(w, idx, alphas16, offset16, scheme: BCQScheme) -> tuple:
     if scheme.offset:
         ones = np.ones(design.shape[:2] + (1, design.shape[3]))
         design = np.concatenate([design, ones], axis=2)
-    gram = design @ np.swapaxes(design, 2, 3)
-    rhs = design @ w[:, :, :, None]
+    weighted = design * importance[None, :, None, :]
+    gram = weighted @ np.swapaxes(design, 2, 3)
+    rhs = weighted @ w[:, :, :, None]
     ridge = RIDGE * np.trace(gram, axis1=2, axis2=3)
     gram += ridge[:, :, None, None] * np.eye(gram.shape[-1])
     solution = np.linalg.solve(gram, rhs)[..., 0]
@@ -439,10 +460,10 @@ def _assign(w: np.ndarray, alphas16: np.ndarray, offset16: np.ndarray) -> np.nda
     return np.take_along_axis(order, rank, axis=2).astype(np.uint8)
 
 
-def _group_error(w, idx, alphas16, offset16) -> np.ndarray:
-    """Squared reconstruction error per group ``[n, G]`` (float64)."""
+def _group_error(w, idx, alphas16, offset16, importance) -> np.ndarray:
+    """Weighted squared reconstruction error per group ``[n, G]`` (float64)."""
     recon = np.take_along_axis(_candidates(alphas16, offset16), idx.astype(np.intp), axis=2)
-    return np.square(w - recon).sum(axis=2)
+    return (np.square(w - recon) * importance[None]).sum(axis=2)
 
 
 def _keep_best(best: tuple, best_err: np.ndarray, new: tuple, err: np.ndarray) -> tuple:
