@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym bcq3 abcq3 ...] [--windows 56]
 
-``abcq3``/``abcq4``: activation-aware BCQ (least squares weighted by each input channel's mean square
+``gptq-sym``/``gptq-asym``: GPTQ int4 (``lowbit_tvm.quant.gptq``) with Hessians from 8 x 512 tokens of
+``lee.cor``. ``abcq3``/``abcq4``: activation-aware BCQ (least squares weighted by each input channel's mean square
 activation on 512 tokens of the calibration text ``lee.cor``, never on the evaluation text).
 
 Every q/k/v/o/gate/up/down weight is replaced by its reconstruction (quantize + dequantize, group 128, K padded
@@ -29,6 +30,50 @@ from lowbit_tvm.models.perplexity import window_perplexity  # noqa: E402
 
 GROUP = 128
 CALIBRATION_TOKENS = 512
+
+
+def calibration_hessians(model, windows: int = 8) -> dict:
+    """HF linear name -> summed ``X^T X`` of its inputs over ``windows`` x 512 tokens of the calibration text."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.corpus import calibration_text  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant.gptq import input_hessian  # pylint: disable=import-outside-toplevel
+
+    hf = hf_llama(model)
+    ids = model.tokenizer().encode(calibration_text()).ids
+    hessians = {}
+
+    def hook(name):
+        def accumulate(module, args):  # returns None: the input is not replaced
+            h = input_hessian(args[0][0].double().numpy())
+            hessians[name] = hessians.get(name, 0.0) + h
+        return accumulate
+
+    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in hf.named_modules()
+               if n.split(".")[-1].endswith("_proj")]
+    with torch.no_grad():
+        for start in range(0, min(len(ids) // 512, windows) * 512, 512):
+            hf(torch.tensor([ids[start:start + 512]]))
+    for handle in handles:
+        handle.remove()
+    return hessians
+
+
+def gptq(symmetric: bool, hessians: dict, damping: float):
+    """GPTQ int4 (group 128), K zero-padded to whole groups (padded inputs are dead: weight 0)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.quant import Int4Scheme, dequantize  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant.gptq import gptq_quantize  # pylint: disable=import-outside-toplevel
+
+    def run(name, w):
+        k = w.shape[1]
+        pad = -k % GROUP
+        h = np.pad(hessians[name], ((0, pad), (0, pad)))
+        qw = gptq_quantize(np.pad(w, ((0, 0), (0, pad))), h, Int4Scheme(GROUP, symmetric), damping)
+        return dequantize(qw)[:, :k]
+
+    return run
 
 
 def aware_bcq(bits: int, iterations: int, activations: dict):
@@ -66,6 +111,7 @@ def main():
     parser.add_argument("--methods", nargs="+", default=["fp", "int4-sym", "int4-asym", "rtn3-asym", "bcq3", "bcq4"])
     parser.add_argument("--windows", type=int, default=56)
     parser.add_argument("--iterations", type=int, default=10, help="BCQ refinement rounds")
+    parser.add_argument("--damping", type=float, default=0.01, help="GPTQ Hessian damping (fraction of mean diagonal)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     model = load_gguf_llama(find_smollm2_gguf())
@@ -76,6 +122,10 @@ def main():
         activations = calibration_inputs(model, CALIBRATION_TOKENS)
         fns["abcq3"] = aware_bcq(3, args.iterations, activations)
         fns["abcq4"] = aware_bcq(4, args.iterations, activations)
+    if any(method.startswith("gptq") for method in args.methods):
+        hessians = calibration_hessians(model)
+        fns["gptq-sym"] = gptq(True, hessians, args.damping)
+        fns["gptq-asym"] = gptq(False, hessians, args.damping)
     records = []
     for method in args.methods:
         start = time.time()
