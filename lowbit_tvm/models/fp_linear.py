@@ -4,10 +4,10 @@
 rows hint). On CUDA it is scheduled here with dlight: ``LowBatchGEMV`` for decode steps (a few rows,
 ``rows_hint`` <= 16) and ``Matmul`` for prefill; a shared function would get one schedule for both.
 """
+from ..kernel import OPAQUE_PATTERN
 from ..tvm_api import relax_nn as nn, te, tirx, tvm
-from .w4a16_linear import current_rows_hint
+from .rows_hint import current_rows_hint
 
-OPAQUE_PATTERN = 8
 _FUNCTIONS = {}
 
 

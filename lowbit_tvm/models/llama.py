@@ -13,7 +13,7 @@ sequences).
 from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
 from .fp_linear import FpLinear, linear_nt
-from .w4a16_linear import rows_hint
+from .rows_hint import rows_hint
 
 Tensor, op = nn.Tensor, nn.op
 PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache.PagedKVCache, kv_cache.RopeMode, kv_cache.TIRPagedKVCache

@@ -1,6 +1,4 @@
 """A Relax linear layer that calls our W4A16 TensorIR kernel."""
-import contextlib
-
 import numpy as np
 
 from ..kernel import graph_function, graph_variant, prepare_weights
@@ -8,26 +6,7 @@ from ..ops.w4a16 import W4A16Op
 from ..quant import Int4Scheme, quantize
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
-
-
-# Rows the CUDA tensor-core schedule of a layer is sized for while a graph function is traced
-# (``rows_hint``): decode steps run a few rows, prefill hundreds.
-_ROWS_HINT = [64]
-
-
-@contextlib.contextmanager
-def rows_hint(rows: int):
-    """Size the W4A16 layers traced inside this block for about ``rows`` rows."""
-    _ROWS_HINT.append(rows)
-    try:
-        yield
-    finally:
-        _ROWS_HINT.pop()
-
-
-def current_rows_hint() -> int:
-    """The rows of the innermost ``rows_hint`` (64 outside any)."""
-    return _ROWS_HINT[-1]
+from .rows_hint import current_rows_hint
 
 
 def padded_k(k: int, scheme: Int4Scheme) -> int:
@@ -51,7 +30,7 @@ class W4A16Linear(nn.Module):
         Group size and symmetry.
     target : tvm.target.Target
         CUDA gets the tensor-core schedule, other targets the plain TensorIR.
-    The CUDA schedule's tiles are sized for the rows of the enclosing ``rows_hint`` (default 64).
+    The CUDA schedule's tiles are sized for the rows of the enclosing ``rows_hint.rows_hint`` (default 64).
     """
 
     def __init__(self, in_features: int, out_features: int, scheme: Int4Scheme, target):
@@ -77,7 +56,7 @@ class W4A16Linear(nn.Module):
         if self.k != self.in_features:
             flat = nn.op.pad(flat, [0, 0, 0, self.k - self.in_features])
         weights = [self.qweight, self.scales] + ([] if self.zeros is None else [self.zeros])
-        rows_wanted = _ROWS_HINT[-1]
+        rows_wanted = current_rows_hint()
         out = nn.op.tensor_ir_op(
             graph_function(self.op, self.target, rows_wanted),
             f"{self.op.name}_r{rows_wanted}",
