@@ -253,12 +253,11 @@ def graph_function(op: W4A16Op, target, m_hint: int = 64):
     """
     key = (op.with_m(None), str(target), m_hint)
     if key not in _GRAPH_FUNCTIONS:
-        variant = graph_variant(op, target)
         if target.kind.name == "cuda":
             chosen = plan(op.with_m(None))
-            func = chosen.rule.apply(variant.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
+            func = chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
         else:
-            func = variant.prim_func()
+            func = graph_variant(op, target).prim_func()
         attrs = {"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"}
         _GRAPH_FUNCTIONS[key] = func.with_attr(attrs).without_attr("global_symbol")
     return _GRAPH_FUNCTIONS[key]

@@ -14,6 +14,7 @@ from lowbit_tvm import load
 from lowbit_tvm.errors import LibraryError
 from lowbit_tvm.models.builder import save_model
 from lowbit_tvm.models.config import LlamaConfig, ModelConfigError, get_preset
+from lowbit_tvm.models.hf_reference import hf_llama_from
 from lowbit_tvm.models.recipe import ModelRecipe
 from lowbit_tvm.quant import dequantize, get_scheme, quantize
 from lowbit_tvm.tvm_api import tvm
@@ -29,10 +30,10 @@ ODD = LlamaConfig(hidden_size=96, intermediate_size=160, num_hidden_layers=2, nu
 
 def random_weights(config: LlamaConfig, seed: int) -> dict:
     """HF-named float32 weights of a random model (what an HF checkpoint would hold)."""
-    model = _hf_model(config, {})
+    names = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_json())).state_dict()
     rng = np.random.default_rng(seed)
     weights = {}
-    for name, param in model.state_dict().items():
+    for name, param in names.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # the embeddings serve as the head
         shape = tuple(param.shape)
@@ -42,23 +43,9 @@ def random_weights(config: LlamaConfig, seed: int) -> dict:
     return weights
 
 
-def _hf_model(config: LlamaConfig, weights: dict):
-    hf_config = transformers.LlamaConfig(
-        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads, vocab_size=config.vocab_size, head_dim=config.head_dim,
-        rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
-        tie_word_embeddings=config.tie_word_embeddings, max_position_embeddings=config.max_position_embeddings,
-    )
-    model = transformers.LlamaForCausalLM(hf_config).eval()
-    if weights:
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    return model
-
-
 def hf_logits(config: LlamaConfig, weights: dict, ids) -> np.ndarray:
     """float32 logits [len, vocab] of HF transformers' Llama."""
-    model = _hf_model(config, weights)
+    model = hf_llama_from(config.to_json(), weights)
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(ids)[None], dtype=torch.long)).logits[0].numpy()
 

@@ -11,6 +11,7 @@ from lowbit_tvm import load
 from lowbit_tvm.models.builder import save_model
 from lowbit_tvm.models.checkpoints import load_checkpoint
 from lowbit_tvm.models.corpus import lee_corpus_text
+from lowbit_tvm.models.hf_reference import hf_llama_from
 from lowbit_tvm.models.recipe import ModelRecipe
 from lowbit_tvm.tvm_api import tvm
 
@@ -32,20 +33,12 @@ def fp32_engine(checkpoint, tmp_path_factory):
     return load(save_model(path, recipe, checkpoint.weights, LLVM, tokenizer_json=checkpoint.tokenizer_json))
 
 
-def _hf(checkpoint):
-    hf_config = transformers.LlamaConfig(**checkpoint.config.to_json())
-    model = transformers.LlamaForCausalLM(hf_config).eval()
-    state = {name: torch.from_numpy(array) for name, array in checkpoint.weights.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    return model
-
-
 def test_fp_graph_matches_hf_transformers_on_real_text(checkpoint, fp32_engine):
     ids = fp32_engine.tokenizer.encode(lee_corpus_text()).ids[:48]
     ours = fp32_engine.score(ids)
     with torch.no_grad():
-        reference = _hf(checkpoint)(torch.tensor([ids])).logits[0].numpy()
+        hf = hf_llama_from(checkpoint.config.to_json(), checkpoint.weights)
+        reference = hf(torch.tensor([ids])).logits[0].numpy()
     assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) < 1e-3
 
 

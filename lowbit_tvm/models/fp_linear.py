@@ -44,13 +44,19 @@ def matmul_nt_function(k: int, n: int, dtype: str, target, rows: int):
     return _FUNCTIONS[key]
 
 
-def linear_nt(x: nn.Tensor, weight: nn.Tensor, target) -> nn.Tensor:
-    """``x [..., k] @ weight[n, k]^T`` through ``matmul_nt_function`` (the result has x's dtype)."""
-    *lead, k = x.shape
-    n = weight.shape[0]
+def leading_rows(x: nn.Tensor):
+    """``(leading dims, their product)`` of ``x`` [..., features]: the rows a linear layer sees."""
+    lead = x.shape[:-1]
     rows = 1
     for dim in lead:
         rows = rows * dim
+    return lead, rows
+
+
+def linear_nt(x: nn.Tensor, weight: nn.Tensor, target) -> nn.Tensor:
+    """``x [..., k] @ weight[n, k]^T`` through ``matmul_nt_function`` (the result has x's dtype)."""
+    lead, rows = leading_rows(x)
+    k, n = x.shape[-1], weight.shape[0]
     hint = current_rows_hint()
     func = matmul_nt_function(int(k), int(n), x.dtype, target, hint)
     out = nn.op.tensor_ir_op(

@@ -11,12 +11,19 @@ from .gguf_weights import GgufLlama
 
 
 def hf_llama(model: GgufLlama, dtype=None):
-    """Build ``transformers.LlamaForCausalLM`` with the weights of ``model``.
+    """Build ``transformers.LlamaForCausalLM`` with the weights of ``model`` (see ``hf_llama_from``)."""
+    return hf_llama_from(model.config, model.weights, dtype)
+
+
+def hf_llama_from(config: dict, weights: dict, dtype=None):
+    """Build ``transformers.LlamaForCausalLM`` from an HF config dict and HF-named weights.
 
     Parameters
     ----------
-    model : GgufLlama
-        Config and float32 HF-layout weights.
+    config : dict
+        HF ``LlamaConfig`` fields (e.g. a GGUF model's ``config`` or ``LlamaConfig.to_json()``).
+    weights : dict of str to numpy.ndarray
+        Float32 HF-layout weights (``lm_head.weight`` may be absent when the embeddings are tied).
     dtype : torch.dtype, optional
         Parameter dtype; default float32.
 
@@ -35,10 +42,10 @@ def hf_llama(model: GgufLlama, dtype=None):
     import torch  # pylint: disable=import-outside-toplevel
 
     transformers = _transformers()
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config))
-    state = {name: torch.from_numpy(value) for name, value in model.weights.items()}
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    state = {name: torch.from_numpy(value) for name, value in weights.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    allowed = {"lm_head.weight"} if model.config["tie_word_embeddings"] else set()
+    allowed = {"lm_head.weight"} if config["tie_word_embeddings"] else set()
     if set(missing) - allowed or unexpected:
         raise ModelError(
             f"weights do not fit LlamaForCausalLM: missing {sorted(set(missing) - allowed)}, "

@@ -6,6 +6,7 @@ from ..ops.w4a16 import W4A16Op
 from ..quant import Int4Scheme, quantize
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
+from .fp_linear import leading_rows
 from .rows_hint import current_rows_hint
 
 
@@ -46,10 +47,7 @@ class W4A16Linear(nn.Module):
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         """Apply the layer to ``x`` [..., in_features] (any float dtype; the result has x's dtype)."""
-        lead = x.shape[:-1]
-        rows = 1
-        for dim in lead:
-            rows = rows * dim
+        lead, rows = leading_rows(x)
         flat = nn.op.reshape(x, (rows, self.in_features))
         if flat.dtype != "float16":
             flat = flat.astype("float16")
