@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from .ops.w4a16 import W4A16Op
 from .quant import QuantizedWeight
 from .quant.mma_layout import to_mma_layout
-from .schedules.w4a16_dispatch import Plan, ShapeError, plan, tensor_core_config
+from .schedules.w4a16_dispatch import Plan, ShapeError, mma_gemv_plan, plan, tensor_core_config
 from .tvm_api import tvm
 
 # Batch-size buckets of a dynamic-M kernel: one tensor-core function per bucket (its tiles sized for
@@ -233,6 +233,12 @@ def build(op: W4A16Op, target, database="auto"):
     return W4A16Kernel(chosen.op, chosen.rule.name, source, _compile(mod, target))
 
 
+def build_plan(chosen: Plan, target) -> W4A16Kernel:
+    """Compile ``chosen`` (a rule, its op variant and config, e.g. from ``mma_gemv_plan``) for ``target``."""
+    sch = chosen.rule.apply(chosen.op.prim_func(), target, config=chosen.config)
+    return W4A16Kernel(chosen.op, chosen.rule.name, "default", _compile(sch.mod, target))
+
+
 def graph_variant(op: W4A16Op, target) -> W4A16Op:
     """The op variant (weight layout, decode dtype) that a Relax graph calls for ``op`` on ``target``:
     the tensor-core rule's (``"mma"`` weights) on CUDA, the plain TensorIR on ``"rows"`` weights elsewhere."""
@@ -245,22 +251,31 @@ _GRAPH_FUNCTIONS = {}
 
 
 def graph_function(op: W4A16Op, target, m_hint: int = 64):
-    """The PrimFunc a Relax graph calls for the dynamic-M workload ``op`` (see ``graph_variant``).
+    """The PrimFunc a Relax graph calls for the workload ``op`` (see ``graph_variant``).
 
-    On CUDA it is scheduled with the tensor-core rule's default config for ``m_hint`` rows, and marked
-    scheduled and opaque, so Relax neither fuses it with its neighbours nor lets dlight re-schedule it.
-    Cached per (op, target, m_hint): a model has many layers of few shapes.
+    On CUDA it is scheduled for ``m_hint`` rows: a static one-row GEMV on the tensor-core weights when
+    ``m_hint`` is 1 and a GEMV config tiles the shape (a single-token decode step), else the dynamic-M
+    tensor-core kernel with the rule's default config for ``m_hint`` rows. It is marked scheduled and
+    opaque, so Relax neither fuses it with its neighbours nor lets dlight re-schedule it. Cached per
+    (op, target, m_hint): a model has many layers of few shapes.
     """
     key = (op.with_m(None), str(target), m_hint)
     if key not in _GRAPH_FUNCTIONS:
         if target.kind.name == "cuda":
-            chosen = plan(op.with_m(None))
-            func = chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
+            func = _cuda_graph_function(op, target, m_hint)
         else:
             func = graph_variant(op, target).prim_func()
         attrs = {"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"}
         _GRAPH_FUNCTIONS[key] = func.with_attr(attrs).without_attr("global_symbol")
     return _GRAPH_FUNCTIONS[key]
+
+
+def _cuda_graph_function(op: W4A16Op, target, m_hint: int):
+    gemv = mma_gemv_plan(op.with_m(1)) if m_hint == 1 else None
+    if gemv is not None:
+        return gemv.rule.apply(gemv.op.prim_func(), target, config=gemv.config).mod["main"]
+    chosen = plan(op.with_m(None))
+    return chosen.rule.apply(chosen.op.prim_func(), target, config=tensor_core_config(op, m_hint)).mod["main"]
 
 
 def _compile(mod, target):

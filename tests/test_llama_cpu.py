@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from lowbit_tvm import load
-from lowbit_tvm.errors import LibraryError
+from lowbit_tvm.errors import LibraryError, ModelError
 from lowbit_tvm.models.builder import save_model
 from lowbit_tvm.models.config import LlamaConfig, ModelConfigError, get_preset
 from lowbit_tvm.models.hf_reference import hf_llama_from
-from lowbit_tvm.models.recipe import ModelRecipe
+from lowbit_tvm.models.recipe import DECODE_MAX_BATCH, ModelRecipe
 from lowbit_tvm.quant import dequantize, get_scheme, quantize
 from lowbit_tvm.tvm_api import tvm
 
@@ -125,6 +125,8 @@ def test_batched_decode_matches_single_sequence(tiny):
     expected = engine.score(np.zeros(8, dtype=np.int64))[-1]
     for row in logits[:, 0]:
         assert rel(row, expected) < 1e-5
+    with pytest.raises(ModelError, match=f"at most {DECODE_MAX_BATCH} sequences"):
+        engine.decode_step_fn(batch=DECODE_MAX_BATCH + 1, context=1)
 
 
 def test_library_loads_in_a_fresh_process_without_the_compiler(tiny):

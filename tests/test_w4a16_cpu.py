@@ -8,7 +8,7 @@ from lowbit_tvm.kernel import MAX_SHARED, PASS_CONFIG, schedule
 from lowbit_tvm.ops.w4a16 import W4A16Op
 from lowbit_tvm.quant import get_scheme, quantize, reference_matmul
 from lowbit_tvm.quant.mma_layout import to_mma_layout
-from lowbit_tvm.schedules import W4A16Gemv, W4A16TensorCore
+from lowbit_tvm.schedules import W4A16Gemv, W4A16MmaGemv, W4A16TensorCore
 from lowbit_tvm.schedules.w4a16_dispatch import ShapeError, plan
 from lowbit_tvm.tvm_api import tvm
 
@@ -53,9 +53,22 @@ def test_word_reduction_op_on_llvm_matches_float64(scheme, m, k, n):
     assert err < 2e-3, f"relative error {err:.2e}"
 
 
-def test_word_reduction_needs_rows_layout():
+@pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym", "w4a16-pc-asym"])
+@pytest.mark.parametrize("m,k,n", [(1, 256, 48), (3, 512, 32)])
+def test_word_reduction_on_mma_layout_on_llvm_matches_float64(scheme, m, k, n):
+    """The tensor-core layout's GEMV op (fp16 dot per tile row over four words, fp32 sum times the scale)."""
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    out = _run_llvm(W4A16Op(n, k, get_scheme(scheme), m, layout="mma", reduction="word"), x, qw)
+    ref = reference_matmul(x, qw)
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 2e-3, f"relative error {err:.2e}"
+
+
+def test_unknown_reduction_is_refused():
     with pytest.raises(ValueError, match="reduction"):
-        W4A16Op(64, 128, get_scheme("w4a16-g128"), 1, layout="mma", reduction="word").prim_func()
+        W4A16Op(64, 128, get_scheme("w4a16-g128"), 1, reduction="tree").prim_func()
 
 
 @pytest.mark.parametrize("scheme", ["w4a16-g128", "w4a16-g32-asym", "w4a16-pc"])
@@ -127,6 +140,30 @@ def test_tensor_core_path_rejects_unsupported_shape_clearly():
         plan(W4A16Op(1000, 4096, get_scheme("w4a16-g128"), 64))
 
 
+@pytest.mark.parametrize("m,k,n,scheme", [(1, 4096, 4096, "w4a16-g128"), (3, 4160, 1040, "w4a16-g32-asym")])
+def test_gemv_on_tensor_core_weights_builds_to_binary(m, k, n, scheme):
+    from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
+
+    chosen = mma_gemv_plan(W4A16Op(n, k, get_scheme(scheme), m))
+    assert chosen.op.layout == "mma" and chosen.op.reduction == "word"
+    sch = chosen.rule.apply(chosen.op.prim_func(), _target("sm_90"), config=chosen.config)
+    with tvm.transform.PassContext(config=PASS_CONFIG):
+        assert device_code_format(build_module(sch.mod, _target("sm_90"))) in ("fatbin", "cubin")
+        source = device_code(build_module(sch.mod, _target("sm_90"), binary=False))[0].data.decode()
+    assert "lowbit_mma_dot(" in source and "lop3.b32" in source and "__shfl" in source
+
+
+def test_gemv_on_tensor_core_weights_needs_tileable_shapes():
+    from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
+
+    scheme = get_scheme("w4a16-pc")
+    assert mma_gemv_plan(W4A16Op(64, 1040, scheme, 1)) is None  # K/16 = 65 tiles: no thread split fits
+    assert mma_gemv_plan(W4A16Op(64, 1024, scheme, None)) is None  # dynamic M
+    with pytest.raises(ValueError, match="does not tile"):
+        op = W4A16Op(64, 1040, scheme, 1, layout="mma", reduction="word")
+        W4A16MmaGemv().apply(op.prim_func(), _target("sm_90"))
+
+
 def _build(op, arch, binary):
     target = _target(arch)
     mod, chosen, source = schedule(op, target)
@@ -164,13 +201,15 @@ def test_every_default_schedule_builds_to_binary(arch, m, k, n, scheme):
             assert "lowbit_word_dot" in source and "lop3.b32" in source
 
 
-@pytest.mark.parametrize("rule", [W4A16Gemv(), W4A16TensorCore()])
+@pytest.mark.parametrize("rule", [W4A16Gemv(), W4A16TensorCore(), W4A16MmaGemv()])
 def test_tunable_space_replays_with_random_decisions(rule):
     """The tunable trace is a search space: replaying it with fresh decisions gives valid kernels."""
     from lowbit_tvm.tvm_api import Schedule  # pylint: disable=import-outside-toplevel
 
-    m = 1 if isinstance(rule, W4A16Gemv) else 64
+    m = 64 if isinstance(rule, W4A16TensorCore) else 1
     op = plan(W4A16Op(4096, 4096, get_scheme("w4a16-g128"), m)).op
+    if isinstance(rule, W4A16MmaGemv):
+        op = op.with_layout("mma").with_reduction("word")
     sch = Schedule(op.prim_func())
     assert rule.schedule(sch, _target("sm_90"), tunable=True)
     decisions = {str(inst.kind.name) for inst in sch.trace.decisions}

@@ -63,6 +63,29 @@ def test_dynamic_m_kernel_matches_float64(target):
         assert err < 1e-2, f"m={m}: relative error {err:.2e}"
 
 
+MMA_GEMV_CASES = [("w4a16-g128", 4096, 4096), ("w4a16-g128", 11008, 4096), ("w4a16-g32-asym", 4160, 1040),
+                  ("w4a16-g64", 1024, 4160), ("w4a16-pc-asym", 4096, 272)]
+
+
+@pytest.mark.parametrize("scheme,k,n", MMA_GEMV_CASES)
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_on_tensor_core_weights_matches_float64(target, scheme, m, k, n):
+    """The single-token decode GEMV of model graphs (``mma_gemv_plan``), on the tensor-core layout."""
+    from lowbit_tvm.kernel import build_plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    kernel = build_plan(mma_gemv_plan(W4A16Op(n, k, get_scheme(scheme), m)), target)
+    assert kernel.rule == "w4a16-mma-gemv"
+    out = _run(kernel, x, qw).astype(np.float64)
+    ref = reference_matmul(x, qw)
+    assert np.isfinite(out).all(), "unwritten or non-finite outputs"
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 1e-2, f"m={m} k={k} n={n}: relative error {err:.2e}"
+
+
 def _tuned_workloads():
     """(K, N, M) of every workload in the committed database of the local GPU's arch."""
     from lowbit_tvm.codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ..codegen.library import _ensure_runtime, load_library, read_sidecar
-from ..errors import LibraryError
-from .recipe import METADATA_KEY, WEIGHTS_SUFFIX, ModelRecipe
+from ..errors import LibraryError, ModelError
+from .recipe import DECODE_MAX_BATCH, METADATA_KEY, WEIGHTS_SUFFIX, ModelRecipe
 
 _POOLED_ALLOCATOR = 2
 _CPU, _CUDA = 1, 2  # DLPack device types
@@ -75,6 +75,8 @@ class LlamaEngine:
         return self._ffi.from_dlpack(ids.contiguous())
 
     def _run(self, name: str, cache, seq_ids: list, lengths: list, ids):
+        if name == "decode":
+            _check_decode_batch(len(seq_ids))
         self._rt.begin_forward(cache, self._rt.shape(seq_ids), self._rt.shape(lengths))
         logits, _ = self._vm[name](ids, cache, self._params)
         self._rt.end_forward(cache)
@@ -102,7 +104,7 @@ class LlamaEngine:
             new.append(token)
             if token in stop_ids:
                 break
-            logits = self._run("decode", cache, [0], [1], self._ids([token], 1))
+            logits = self._run("decode_one", cache, [0], [1], self._ids([token], 1))
         return new
 
     def generate(self, prompt: str, max_new_tokens: int = 32) -> str:
@@ -130,6 +132,7 @@ class LlamaEngine:
     def decode_step_fn(self, batch: int, context: int):
         """A function that runs one batched decode step (for benchmarks): ``batch`` sequences of
         ``context`` prompt tokens are prefilled first; each call appends one token to every sequence."""
+        _check_decode_batch(batch)
         cache = self.new_cache(batch, batch * (context + 1024))
         for seq in range(batch):
             self._rt.add_sequence(cache, seq)
@@ -137,8 +140,10 @@ class LlamaEngine:
         ids = self._ids(np.zeros(batch), batch)
         seq_ids, ones = list(range(batch)), [1] * batch
 
+        name = "decode_one" if batch == 1 else "decode"
+
         def step():
-            return self._run("decode", cache, seq_ids, ones, ids)
+            return self._run(name, cache, seq_ids, ones, ids)
 
         return step
 
@@ -146,6 +151,11 @@ class LlamaEngine:
         if self.tokenizer is None:
             raise LibraryError("this model was saved without a tokenizer; pass token ids instead of text")
         return self.tokenizer
+
+
+def _check_decode_batch(rows: int) -> None:
+    if rows > DECODE_MAX_BATCH:
+        raise ModelError(f"a decode step takes at most {DECODE_MAX_BATCH} sequences, got {rows}; split the batch")
 
 
 def load(path, device: str | None = None) -> LlamaEngine:

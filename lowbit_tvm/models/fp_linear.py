@@ -1,8 +1,9 @@
 """Floating-point linear layers whose matmul is scheduled for the rows it will see.
 
 ``y = x @ W^T`` is one TensorIR function (fp32 accumulation, result in x's dtype) per (shape, dtype,
-rows hint). On CUDA it is scheduled here with dlight: ``LowBatchGEMV`` for decode steps (a few rows,
-``rows_hint`` <= 16) and ``Matmul`` for prefill; a shared function would get one schedule for both.
+rows hint). On CUDA it is scheduled here with dlight: ``GEMV`` on a static single row (``rows_hint`` 1:
+single-token decode), ``LowBatchGEMV`` for batched decode steps (``rows_hint`` <= 16) and ``Matmul`` for
+prefill; a shared function would get one schedule for all.
 """
 from ..kernel import OPAQUE_PATTERN
 from ..tvm_api import relax_nn as nn, te, tirx, tvm
@@ -11,8 +12,8 @@ from .rows_hint import current_rows_hint
 _FUNCTIONS = {}
 
 
-def _matmul_nt(k: int, n: int, dtype: str):
-    m = tirx.Var("m", "int32")
+def _matmul_nt(k: int, n: int, dtype: str, rows: int):
+    m = 1 if rows == 1 else tirx.Var("m", "int32")
     x = te.placeholder((m, k), dtype, name="x")
     w = te.placeholder((n, k), dtype, name="w")
     r = te.reduce_axis((0, k), name="k")
@@ -26,7 +27,12 @@ def _matmul_nt(k: int, n: int, dtype: str):
 def _schedule(func, target, rows: int):
     from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
 
-    rules = [dl.gpu.LowBatchGEMV(), dl.gpu.Matmul()] if rows <= 16 else [dl.gpu.Matmul()]
+    if rows == 1:
+        rules = [dl.gpu.GEMV()]
+    elif rows <= 16:
+        rules = [dl.gpu.LowBatchGEMV(), dl.gpu.Matmul()]
+    else:
+        rules = [dl.gpu.Matmul()]
     mod = tvm.IRModule({"main": func})
     with target:
         mod = dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())(mod)
@@ -34,10 +40,11 @@ def _schedule(func, target, rows: int):
 
 
 def matmul_nt_function(k: int, n: int, dtype: str, target, rows: int):
-    """The (cached) PrimFunc ``(x [m, k], w [n, k]) -> x @ w^T [m, n]`` for ``target``."""
+    """The (cached) PrimFunc ``(x [m, k], w [n, k]) -> x @ w^T [m, n]`` for ``target`` (``m`` is 1 when
+    ``rows`` is 1, else dynamic)."""
     key = (k, n, dtype, str(target), rows)
     if key not in _FUNCTIONS:
-        func = _matmul_nt(k, n, dtype)
+        func = _matmul_nt(k, n, dtype, rows)
         if target.kind.name == "cuda":
             func = _schedule(func, target, rows)
         _FUNCTIONS[key] = func.with_attr("op_pattern", OPAQUE_PATTERN).without_attr("global_symbol")

@@ -7,12 +7,14 @@ TIR kernels), SwiGLU MLP, tied or separate LM head. Parameter names follow HF tr
 for our low-bit kernels.
 
 Exported functions (see ``spec``): ``create_paged_kv_cache``, ``prefill`` (logits of the last token),
-``score`` (logits of every token, for perplexity) and ``decode`` (one token for each of a batch of
-sequences).
+``score`` (logits of every token, for perplexity), ``decode`` (one token for each of a batch of
+sequences) and ``decode_one`` (one token of one sequence: static shapes, GEMV kernels). On CUDA both decode
+functions run as CUDA graphs between the attention calls (see ``builder.build``).
 """
 from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
 from .fp_linear import FpLinear, linear_nt
+from .recipe import DECODE_MAX_BATCH
 from .rows_hint import rows_hint
 
 Tensor, op = nn.Tensor, nn.op
@@ -141,6 +143,11 @@ class LlamaForCausalLM(nn.Module):
         with rows_hint(16):
             return self._logits(self.model(input_ids, cache)), cache
 
+    def decode_one(self, input_ids: Tensor, cache: PagedKVCache):
+        """``decode`` for a single sequence ``[1, 1]``: static shapes, so linear layers run as GEMVs."""
+        with rows_hint(1):
+            return self._logits(self.model(input_ids, cache)), cache
+
     def create_paged_kv_cache(  # pylint: disable=too-many-arguments
         self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
     ) -> PagedKVCache:
@@ -180,6 +187,7 @@ class LlamaForCausalLM(nn.Module):
             "prefill": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "cache": cache, "$": graph},
             "score": {"input_ids": nn.spec.Tensor([1, "seq_len"], "int32"), "cache": cache, "$": graph},
             "decode": {"input_ids": nn.spec.Tensor(["batch_size", 1], "int32"), "cache": cache, "$": graph},
+            "decode_one": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "cache": cache, "$": graph},
             "create_paged_kv_cache": {
                 "max_batch_size": int,
                 "max_total_seq_len": int,
@@ -199,5 +207,13 @@ def export(model: LlamaForCausalLM):
     (tvm.IRModule, list of str)
     """
     mod, named_params, _ = model.export_tvm(spec=model.spec(), allow_extern=True)
+    mod["decode"] = _static_decode(mod["decode"])
     return mod, [name for name, _ in named_params]
+
+
+def _static_decode(func: rx.Function) -> rx.Function:
+    """``decode`` with its memory planned for ``DECODE_MAX_BATCH`` rows and its kernel runs between the
+    attention calls capturable as CUDA graphs keyed by the batch size (with ``relax.backend.use_cuda_graph``)."""
+    func = func.with_attr("tir_var_upper_bound", {"batch_size": DECODE_MAX_BATCH})
+    return func.with_attr("relax.rewrite_cuda_graph.capture_symbolic_vars", ["batch_size"])
 

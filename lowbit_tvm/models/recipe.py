@@ -6,6 +6,10 @@ from .config import LlamaConfig
 # Layers kept in floating point unless asked otherwise (the LM head is the most sensitive).
 DEFAULT_SKIP = ("lm_head",)
 
+# The largest decode batch a library serves: its decode step's memory is planned for this many rows, so
+# that on CUDA the step runs as captured CUDA graphs (one per batch size) instead of one launch per kernel.
+DECODE_MAX_BATCH = 128
+
 WEIGHTS_SUFFIX = ".safetensors"
 METADATA_KEY = "lowbit_tvm"
 

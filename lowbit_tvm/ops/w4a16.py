@@ -9,11 +9,15 @@ symbolic (dynamic batch).
 The function has three blocks that the schedule rules look for by name: ``decode`` (int4 -> fp16),
 ``matmul`` (fp32 accumulation) and ``cast`` (fp32 -> fp16 epilogue).
 
-``reduction="word"`` (``"rows"`` layout only, for the CUDA-core GEMV) sums in two levels instead: a ``dot``
-block takes the fp16 dot product of each packed word's eight codes (minus the zero point, no scale) with
-their activations, and ``matmul`` adds those in fp32, each times its group scale. The scale is then applied
-once per word instead of once per weight, and the in-word sum maps onto ``half2`` arithmetic (see
-``lowbit_tvm.schedules.gemv_intrinsics``).
+``reduction="word"`` (for the CUDA-core GEMVs) sums in two levels instead: a ``dot`` block takes fp16 dot
+products of packed codes (minus the zero point, no scale) with their activations, and ``matmul`` adds those
+in fp32, each times its group scale. The scale is then applied once per word instead of once per weight,
+and the in-word sums map onto ``half2`` arithmetic (see ``lowbit_tvm.schedules.gemv_intrinsics``). On
+``"rows"`` weights a dot covers one word (8 codes of one row); on ``"mma"`` weights it covers the four words
+of lanes ``4r .. 4r + 3`` of a 16x16 tile, i.e. 16 codes of tile row ``r`` (``half=0``) or ``r + 8``
+(``half=1``), so ``matmul`` is ``[M, N/16, 2, 8]`` and ``cast`` puts it back in ``[M, N]`` order. These dots
+always take codes minus 8; for asymmetric schemes ``matmul`` subtracts ``(zero - 8) * asum`` in fp32, where
+``asum`` holds the sums of each 16 activations (small, so little is lost to cancellation).
 """
 import functools
 import operator
@@ -25,6 +29,7 @@ from ..tvm_api import te, tirx
 
 DECODE = "decode"
 DOT = "dot"
+ASUM = "asum"
 MATMUL = "matmul"
 CAST = "cast"
 REDUCTIONS = ("flat", "word")
@@ -48,8 +53,9 @@ class W4A16Op:
     layout : str
         ``"rows"`` (``[N, K/8]`` words) or ``"mma"`` (pre-shuffled tensor-core fragments).
     reduction : str
-        ``"flat"``: one fp32 sum over K of decoded, scaled weights. ``"word"`` (``"rows"`` only): fp16 dot
-        products per packed word, summed in fp32 times the group scale; ``decode_dtype`` is then unused.
+        ``"flat"``: one fp32 sum over K of decoded, scaled weights. ``"word"``: fp16 dot products per packed
+        word (``"rows"``) or per tile row and four words (``"mma"``), summed in fp32 times the group scale;
+        ``decode_dtype`` is then unused.
     """
 
     n: int
@@ -68,7 +74,7 @@ class W4A16Op:
         decode = "" if self.decode_dtype == "float16" else "_d32"
         layout = "" if self.layout == "rows" else f"_{self.layout}"
         if self.reduction == "word":
-            return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}_wd"
+            return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}_wd{layout}"
         return f"w4a16_{scheme}_m{m}_n{self.n}_k{self.k}{decode}{layout}"
 
     def with_m(self, m: int | None) -> "W4A16Op":
@@ -178,6 +184,79 @@ def word_dot(word, acts, offset):
     return functools.reduce(operator.add, terms)
 
 
+# The nibbles of an "mma" word that hold tile row r (half 0) and the activations they multiply: nibble
+# (with 2 * half added) -> offset of the activation within the word's pair block (see quant.mma_layout:
+# nibbles p, p + 4 hold fragment registers 2p, 2p + 1; registers 0-3 are row r, K 2q, 2q + 1, 2q + 8, 2q + 9).
+_MMA_NIBBLE_ACTS = ((0, 0), (4, 1), (1, 8), (5, 9))
+
+
+def mma_word_dot(words, acts, offset, half):
+    """fp16 dot product of 16 codes of one tile row with the tile's 16 activations.
+
+    Parameters
+    ----------
+    words : list of PrimExpr
+        The uint32 words of lanes ``4r .. 4r + 3`` of a 16x16 ``"mma"`` tile.
+    acts : list of PrimExpr
+        The tile's 16 fp16 activations (K order).
+    offset : PrimExpr
+        fp16 ``1024 + zero point`` (the op uses 1032: codes minus 8).
+    half : int or PrimExpr
+        0 for tile row ``r``, 1 for row ``r + 8``.
+
+    Returns
+    -------
+    PrimExpr
+        fp16 ``sum (code - zero) * act``; the op's ``dot`` block and the GEMV intrinsic share it.
+    """
+    terms = []
+    for q, word in enumerate(words):
+        for nibble, act in _MMA_NIBBLE_ACTS:
+            if isinstance(half, int):
+                shift = tirx.const(4 * nibble + 8 * half, "uint32")
+            else:
+                shift = tirx.const(4 * nibble, "uint32") + half.astype("uint32") * tirx.const(8, "uint32")
+            code = (word >> shift) & tirx.const(15, "uint32")
+            biased = tirx.reinterpret("float16", (code | tirx.const(0x6400, "uint32")).astype("uint16"))
+            terms.append((biased - offset) * acts[2 * q + act])
+    return functools.reduce(operator.add, terms)
+
+
+def _mma_word_op(op: W4A16Op, a, b, s, z, m):
+    """``dot`` per (tile, row pair), ``matmul`` ``[M, N/16, 2, 8]``; returns the value of ``C[i, n]``."""
+    tile = mma_layout.TILE
+    group = op.k // op.scheme.groups(op.k)
+    offset = tirx.const(1032.0, "float16")
+
+    def dot(i, nt, kt, r, half):
+        words = [b[nt, kt, 4 * r + q] for q in range(4)]
+        return mma_word_dot(words, [a[i, kt * tile + j] for j in range(tile)], offset, half)
+
+    d = te.compute((m, op.n // tile, op.k // tile, 8, 2), dot, name=DOT)
+    kt = te.reduce_axis((0, op.k // tile), name="kt")
+
+    def row(nt, half, r):
+        return nt * tile + half * 8 + r
+
+    if z is None:
+        def term(i, nt, half, r):
+            return d[i, nt, kt, r, half].astype("float32") * s[row(nt, half, r), kt * tile // group].astype("float32")
+    else:
+        j = te.reduce_axis((0, tile), name="j")
+        asum = te.compute((m, op.k // tile), lambda i, t: te.sum(a[i, t * tile + j].astype("float32"), axis=j),
+                          name=ASUM)
+
+        def term(i, nt, half, r):
+            n, g = row(nt, half, r), kt * tile // group
+            centre = z[n, g].astype("float32") - tirx.const(8.0, "float32")
+            shifted = d[i, nt, kt, r, half].astype("float32") - centre * asum[i, kt]
+            return shifted * s[n, g].astype("float32")
+
+    acc = te.compute((m, op.n // tile, 2, 8), lambda i, nt, half, r: te.sum(term(i, nt, half, r), axis=kt),
+                     name=MATMUL)
+    return lambda i, n: acc[i, n // tile, n % tile // 8, n % 8]
+
+
 def _word_op(op: W4A16Op, a, b, s, z, m):
     """``dot`` (fp16 per packed word) and ``matmul`` (fp32 over words, times the group scale)."""
     group = op.k // op.scheme.groups(op.k)
@@ -188,11 +267,12 @@ def _word_op(op: W4A16Op, a, b, s, z, m):
 
     d = te.compute((m, op.n, op.k // 8), dot, name=DOT)
     r = te.reduce_axis((0, op.k // 8), name="w")
-    return te.compute(
+    acc = te.compute(
         (m, op.n),
         lambda i, j: te.sum(d[i, j, r].astype("float32") * s[j, r * 8 // group].astype("float32"), axis=r),
         name=MATMUL,
     )
+    return lambda i, n: acc[i, n]
 
 
 def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
@@ -219,10 +299,10 @@ def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
     z = None if op.scheme.symmetric else te.placeholder((op.n, groups), "float16", name="Z")
     if op.decode_dtype not in _MAGIC:
         raise ValueError(f"decode_dtype must be one of {sorted(_MAGIC)}, got {op.decode_dtype!r}")
-    if op.reduction not in REDUCTIONS or (op.reduction == "word" and op.layout != "rows"):
-        raise ValueError(f"reduction must be one of {REDUCTIONS} ('word' with layout 'rows'), got {op.reduction!r}")
+    if op.reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {op.reduction!r}")
     if op.reduction == "word":
-        acc = _word_op(op, a, b, s, z, m)
+        value = (_word_op if op.layout == "rows" else _mma_word_op)(op, a, b, s, z, m)
     else:
         w = te.compute((op.n, op.k), _decode_fn(b, s, z, group, op.decode_dtype, op.layout), name=DECODE)
         r = te.reduce_axis((0, op.k), name="k")
@@ -231,7 +311,8 @@ def w4a16_op(op: W4A16Op) -> tirx.PrimFunc:
             lambda i, j: te.sum(a[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
             name=MATMUL,
         )
-    c = te.compute((m, op.n), lambda i, j: acc[i, j].astype("float16"), name=CAST)
+        value = lambda i, n: acc[i, n]  # noqa: E731
+    c = te.compute((m, op.n), lambda i, j: value(i, j).astype("float16"), name=CAST)
     args = [a, b, s] + ([] if z is None else [z]) + [c]
     func = te.create_prim_func(args)
     return func.with_attr({"global_symbol": op.name, "tir.noalias": True})

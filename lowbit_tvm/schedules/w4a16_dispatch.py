@@ -5,6 +5,7 @@ from ..errors import LowbitError
 from ..ops.w4a16 import W4A16Op
 from .rule import ScheduleRule
 from .w4a16_gemv import GemvConfig, W4A16Gemv, fits_words
+from .w4a16_mma_gemv import MmaGemvConfig, W4A16MmaGemv, fits_tiles
 from .w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
 
 # The CUDA-core GEMV serves up to GEMV_MAX_M rows, but is preferred only up to GEMV_PREFERRED_M: from
@@ -113,6 +114,28 @@ def gemv_plan(op: W4A16Op) -> Plan:
         if fits_words(op.n, op.k // 8, **asdict(config)):
             return Plan(W4A16Gemv(), op.with_layout("rows").with_reduction("word"), config)
     return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig())
+
+
+# GEMV on tensor-core-layout weights (tx, ty, tiles, unroll), best first; the first that tiles N/16 and K/16
+# exactly is used. From an H100 sweep at M=1 (benchmarks/results/.../mma_gemv.json): the widest K split wins
+# or is within 9 % of the best on the five Llama shapes.
+MMA_GEMV_CONFIGS = (
+    MmaGemvConfig(32, 1, 1, 64),
+    MmaGemvConfig(16, 1, 1, 64),
+    MmaGemvConfig(8, 1, 1, 64),
+    MmaGemvConfig(4, 1, 1, 64),
+)
+
+
+def mma_gemv_plan(op: W4A16Op) -> Plan | None:
+    """The GEMV plan on ``"mma"`` weights for a static small ``op.m`` (what a model's single-token decode
+    calls: the same weights as its tensor-core kernels), or None when no config tiles the shape."""
+    if op.m is None or op.n % 16 or op.k % 16:
+        return None
+    for config in MMA_GEMV_CONFIGS:
+        if fits_tiles(op.n // 16, op.k // 16, **asdict(config)):
+            return Plan(W4A16MmaGemv(), op.with_layout("mma").with_reduction("word"), config)
+    return None
 
 
 def _tensor_cores_fit(op: W4A16Op) -> bool:

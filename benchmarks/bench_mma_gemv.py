@@ -1,0 +1,113 @@
+"""M=1 W4A16 on the GPU: the GEMV on tensor-core-layout weights (what a model's single-token decode calls)
+against the row-layout GEMV (``lowbit-tvm bench``'s M=1 kernel), the tensor-core kernel at M=1, cuBLAS fp16
+and tinygemm, in one run; plus a small sweep of the GEMV's configs. Every kernel's output is checked
+against float64 before it is timed.
+
+    python benchmarks/bench_mma_gemv.py OUT.json [--jobs 12]   # on the GPU machine
+"""
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+
+import numpy as np
+
+SHAPES = [(4096, 4096), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)]
+SWEEP = [(tx, ty, tiles) for tx in (8, 16, 32) for ty in (1, 2, 4) for tiles in (1, 2)]
+
+
+def _compile(job):
+    """Build one (K, N, config) in a worker process; returns the exported library path or None."""
+    k, n, config, path = job
+    from lowbit_tvm.codegen import export_library  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.kernel import build_plan, default_target  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.ops.w4a16 import W4A16Op  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import get_scheme  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_dispatch import Plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_mma_gemv import (  # pylint: disable=import-outside-toplevel
+        MmaGemvConfig, W4A16MmaGemv, fits_tiles)
+
+    config = MmaGemvConfig(*config)
+    if not fits_tiles(n // 16, k // 16, **asdict(config)):
+        return None
+    op = W4A16Op(n, k, get_scheme("w4a16-g128"), 1, layout="mma", reduction="word")
+    kernel = build_plan(Plan(W4A16MmaGemv(), op, config), default_target())
+    export_library(kernel.module, path, overwrite=True)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="JSON records to write")
+    parser.add_argument("--jobs", type=int, default=12)
+    args = parser.parse_args()
+
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.bench import _time, _tinygemm, copy_bandwidth  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.codegen import load_library  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.kernel import build, default_target, prepare_weights  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.ops.w4a16 import W4A16Op  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import get_scheme, quantize, reference_matmul  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
+
+    jobs = [(k, n, c, f"/tmp/mma_gemv_{k}_{n}_{c[0]}_{c[1]}_{c[2]}.so") for k, n in SHAPES for c in SWEEP]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        built = dict(zip([(k, n, c) for k, n, c, _ in jobs], pool.map(_compile, jobs)))
+    target, scheme = default_target(), get_scheme("w4a16-g128")
+    bandwidth = copy_bandwidth(torch)
+    records = []
+    for k, n in SHAPES:
+        rng = np.random.default_rng(0)
+        weight = rng.standard_normal((n, k), dtype=np.float32)
+        qw = quantize(weight, scheme)
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        ref = reference_matmul(x.cpu().numpy(), qw)
+        out = torch.empty(1, n, device="cuda", dtype=torch.float16)
+        mma_op = W4A16Op(n, k, scheme, 1, layout="mma", reduction="word")
+        mma_weights = [torch.from_numpy(a).cuda() for a in prepare_weights(mma_op, qw)]
+
+        def timed(fn):
+            out.fill_(float("nan"))
+            fn()
+            torch.cuda.synchronize()
+            err = float(np.linalg.norm(out.cpu().double().numpy() - ref) / np.linalg.norm(ref))
+            return (_time(fn) if err < 1e-2 else float("nan")), err
+
+        sweep = {}
+        for config in SWEEP:
+            path = built[(k, n, config)]
+            if path is None:
+                continue
+            function = load_library(path)[mma_op.name]
+            sweep[str(config)] = timed(lambda f=function: f(x, *mma_weights, out))
+        default = mma_gemv_plan(W4A16Op(n, k, scheme, 1)).config
+        rows_kernel = build(W4A16Op(n, k, scheme, 1), target)
+        rows_weights = [torch.from_numpy(a).cuda() for a in rows_kernel.prepare(qw)]
+        dynamic = build(W4A16Op(n, k, scheme, None), target)
+        dynamic(x, *mma_weights, out)
+        w16 = torch.from_numpy(weight).cuda().half()
+        tg_packed, tg_sz = _tinygemm(torch, weight, 128)
+        xb = x.bfloat16()
+        record = {
+            "K": k, "N": n, "M": 1, "gpu": torch.cuda.get_device_name(),
+            "mma_gemv_default": str((default.tx, default.ty, default.tiles)),
+            "mma_gemv_us": sweep, "best_mma_gemv": min(sweep, key=lambda c: np.nan_to_num(sweep[c][0], nan=np.inf)),
+            "rows_gemv_us": timed(lambda: rows_kernel.function(x, *rows_weights, out))[0],
+            "tensor_core_us": timed(lambda: dynamic.function_for(1)(x, *mma_weights, out))[0],
+            "fp16_us": _time(lambda: torch.nn.functional.linear(x, w16)),
+            "tinygemm_us": _time(lambda: torch.ops.aten._weight_int4pack_mm(xb, tg_packed, 128, tg_sz)),
+            "floor_us": (qw.packed.nbytes + qw.scales.nbytes + 2 * (k + n)) / bandwidth * 1e6,
+        }
+        records.append(record)
+        best = record["best_mma_gemv"]
+        print(f"K={k} N={n}: mma-gemv default {sweep.get(record['mma_gemv_default'], (float('nan'),))[0]:.1f} us, "
+              f"best {best} {sweep[best][0]:.1f} us; rows-gemv {record['rows_gemv_us']:.1f}; tensor-core "
+              f"{record['tensor_core_us']:.1f}; fp16 {record['fp16_us']:.1f}; tinygemm {record['tinygemm_us']:.1f}; "
+              f"floor {record['floor_us']:.1f}", flush=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
