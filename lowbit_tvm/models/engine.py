@@ -82,13 +82,16 @@ class LlamaEngine:
         self._rt.end_forward(cache)
         return torch.from_dlpack(logits)
 
-    def score(self, token_ids) -> np.ndarray:
-        """float32 logits ``[len, vocab]`` of every position of one sequence (a fresh cache)."""
+    def logits(self, token_ids) -> torch.Tensor:
+        """float32 logits ``[len, vocab]`` of every position of one sequence (a fresh cache), on the device."""
         token_ids = np.asarray(token_ids).reshape(-1)
         cache = self.new_cache(1, len(token_ids))
         self._rt.add_sequence(cache, 0)
-        logits = self._run("score", cache, [0], [len(token_ids)], self._ids(token_ids, 1))
-        return logits[0].cpu().numpy()
+        return self._run("score", cache, [0], [len(token_ids)], self._ids(token_ids, 1))[0]
+
+    def score(self, token_ids) -> np.ndarray:
+        """``logits`` as a NumPy array."""
+        return self.logits(token_ids).cpu().numpy()
 
     def generate_ids(self, prompt_ids, max_new_tokens: int, stop_ids=()) -> list:
         """Greedy continuation of ``prompt_ids`` (a list of token ids); returns the new ids."""

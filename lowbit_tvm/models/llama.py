@@ -2,7 +2,9 @@
 
 Embeddings, RMSNorm, grouped-query attention through TVM's paged KV cache (RoPE applied by the cache's
 TIR kernels), SwiGLU MLP, tied or separate LM head. Parameter names follow HF transformers
-(``model.layers.0.self_attn.q_proj.weight``), so HF/GGUF weights map one to one. Linear layers are
+(``model.layers.0.self_attn.o_proj.weight``), except that the q/k/v and the gate/up projections are fused into
+one linear layer each (``self_attn.qkv_proj``, ``mlp.gate_up_proj``: one kernel instead of three or two, and
+no concatenation before the attention), whose weights are the HF tensors stacked (``FUSED_LINEARS``). Linear layers are
 ``FpLinear`` (matmuls scheduled for decode or prefill rows) until ``lowbit_tvm.models.quantize`` swaps them
 for our low-bit kernels.
 
@@ -20,6 +22,12 @@ from .rows_hint import rows_hint
 Tensor, op = nn.Tensor, nn.op
 PagedKVCache, RopeMode, TIRPagedKVCache = kv_cache.PagedKVCache, kv_cache.RopeMode, kv_cache.TIRPagedKVCache
 
+# Fused linear layer -> the HF layers whose weights it stacks along the output features, in order.
+FUSED_LINEARS = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
 
 class LlamaAttention(nn.Module):
     """Grouped-query self-attention over the paged KV cache."""
@@ -29,19 +37,14 @@ class LlamaAttention(nn.Module):
         self.num_q_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         hidden, d = config.hidden_size, config.head_dim
-        self.q_proj = FpLinear(hidden, self.num_q_heads * d, target)
-        self.k_proj = FpLinear(hidden, self.num_kv_heads * d, target)
-        self.v_proj = FpLinear(hidden, self.num_kv_heads * d, target)
+        self.qkv_proj = FpLinear(hidden, (self.num_q_heads + 2 * self.num_kv_heads) * d, target)
         self.o_proj = FpLinear(self.num_q_heads * d, hidden, target)
 
     def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
         """Attention output for ``x`` [batch, seq, hidden]; appends this step's K/V to ``cache``."""
         b, s, _ = x.shape
         d = self.head_dim
-        q = op.reshape(self.q_proj(x), (b, s, self.num_q_heads, d))
-        k = op.reshape(self.k_proj(x), (b, s, self.num_kv_heads, d))
-        v = op.reshape(self.v_proj(x), (b, s, self.num_kv_heads, d))
-        qkv = op.concat([q, k, v], dim=2)
+        qkv = op.reshape(self.qkv_proj(x), (b, s, self.num_q_heads + 2 * self.num_kv_heads, d))
         out = cache.attention_with_fused_qkv(layer_id, qkv, self.num_q_heads, sm_scale=d**-0.5)
         return self.o_proj(op.reshape(out, (b, s, self.num_q_heads * d)))
 
@@ -50,13 +53,13 @@ class LlamaMLP(nn.Module):
     """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
 
     def __init__(self, config: LlamaConfig, target):
-        self.gate_proj = FpLinear(config.hidden_size, config.intermediate_size, target)
-        self.up_proj = FpLinear(config.hidden_size, config.intermediate_size, target)
+        self.gate_up_proj = FpLinear(config.hidden_size, 2 * config.intermediate_size, target)
         self.down_proj = FpLinear(config.intermediate_size, config.hidden_size, target)
 
     def forward(self, x: Tensor) -> Tensor:
         """The MLP output for ``x``."""
-        return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(op.silu(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -11,6 +11,7 @@ from ..quant import Int4Scheme
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
 from .fp_linear import FpLinear
+from .llama import FUSED_LINEARS
 from .recipe import DEFAULT_SKIP
 from .w4a16_linear import W4A16Linear
 
@@ -102,6 +103,12 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
 
 
 def _weight(weights: dict, name: str) -> np.ndarray:
+    """``weights[name]``, or for a fused layer (``FUSED_LINEARS``) its HF parts stacked along the rows."""
+    prefix, _, param = name.rpartition(".")
+    for fused, parts in FUSED_LINEARS.items():
+        if name not in weights and prefix.endswith(fused):
+            base = prefix[: -len(fused)]
+            return np.concatenate([_weight(weights, f"{base}{part}.{param}") for part in parts], axis=0)
     if name not in weights:
         raise ModelConfigError(f"weight {name} is missing (the weights have {len(weights)} tensors)")
     return np.asarray(weights[name])
