@@ -30,7 +30,8 @@ def checkpoint():
 def fp32_engine(checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("smol") / "smollm2_fp32.so"
     recipe = ModelRecipe(checkpoint.config, "fp32", "float32")
-    return load(save_model(path, recipe, checkpoint.weights, LLVM, tokenizer_json=checkpoint.tokenizer_json))
+    return load(save_model(path, recipe, checkpoint.weights, LLVM, tokenizer_json=checkpoint.tokenizer_json,
+                           eos_token_id=checkpoint.eos_token_id))
 
 
 def test_fp_graph_matches_hf_transformers_on_real_text(checkpoint, fp32_engine):
@@ -44,3 +45,13 @@ def test_fp_graph_matches_hf_transformers_on_real_text(checkpoint, fp32_engine):
 
 def test_greedy_generation_reads_as_sense(fp32_engine):
     assert "Paris" in fp32_engine.generate("The capital of France is", 4)
+
+
+def test_generation_stops_at_the_checkpoints_end_token(checkpoint, fp32_engine):
+    eos = checkpoint.eos_token_id
+    assert fp32_engine.eos_token_id == eos
+    assert fp32_engine.tokenizer.id_to_token(eos) == "<|im_end|>"  # what SmolLM2's GGUF declares (not <|endoftext|>)
+    prompt = fp32_engine.tokenizer.encode("Hello").ids
+    free = fp32_engine.generate_ids(prompt, 6)
+    stopped = fp32_engine.generate_ids(prompt, 6, stop_ids=(free[1],))
+    assert stopped == free[:2]

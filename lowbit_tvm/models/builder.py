@@ -56,7 +56,7 @@ def build(recipe: ModelRecipe, target):
 
 
 def save_model(path, recipe: ModelRecipe, weights: dict, target, *, tokenizer_json: str | None = None,
-               overwrite: bool = False) -> Path:
+               eos_token_id: int | None = None, overwrite: bool = False) -> Path:
     """Build ``recipe`` and write ``path`` (``.so``) and its weights file beside it.
 
     Parameters
@@ -72,6 +72,8 @@ def save_model(path, recipe: ModelRecipe, weights: dict, target, *, tokenizer_js
         The build target.
     tokenizer_json : str or None
         A ``tokenizers`` JSON to store with the weights (``generate``/``perplexity`` on text need it).
+    eos_token_id : int or None
+        The token that ends generation (from the checkpoint), stored with the weights.
     overwrite : bool
         Replace existing files; otherwise an existing library or weights file is an error and nothing
         is written.
@@ -89,7 +91,8 @@ def save_model(path, recipe: ModelRecipe, weights: dict, target, *, tokenizer_js
                 raise LibraryError(f"refusing to overwrite existing file {existing}; pass overwrite=True")
     executable, model, names = build(recipe, target)
     arrays = pack_weights(model, weights, names, recipe.dtype)
-    metadata = {METADATA_KEY: json.dumps({"recipe": recipe.to_json(), "params": names})}
+    record = {"recipe": recipe.to_json(), "params": names, "eos_token_id": eos_token_id}
+    metadata = {METADATA_KEY: json.dumps(record)}
     if tokenizer_json is not None:
         metadata["tokenizer"] = tokenizer_json
     _write_weights(weights_path, names, arrays, metadata)

@@ -6,11 +6,12 @@ from .config import LlamaConfig, ModelConfigError, get_preset
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Config, float32 weights (HF names) and tokenizer JSON of a real model."""
+    """Config, float32 weights (HF names), tokenizer JSON and end-of-sequence token of a real model."""
 
     config: LlamaConfig
     weights: dict
     tokenizer_json: str | None
+    eos_token_id: int | None = None
 
 
 def load_checkpoint(preset: str, gguf=None) -> Checkpoint:
@@ -35,4 +36,4 @@ def load_checkpoint(preset: str, gguf=None) -> Checkpoint:
     found = LlamaConfig.from_dict(model.config)
     if found != config:
         raise ModelConfigError(f"{gguf} holds a model of other dimensions than preset {preset!r}: {found}")
-    return Checkpoint(config, model.weights, model.tokenizer().to_str())
+    return Checkpoint(config, model.weights, model.tokenizer().to_str(), model.eos_token_id)

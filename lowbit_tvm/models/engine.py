@@ -42,14 +42,18 @@ class LlamaEngine:
         Where parameters and activations live.
     tokenizer : tokenizers.Tokenizer or None
         Stored with the weights when the model was built from a real checkpoint.
+    eos_token_id : int or None
+        The token that ends ``generate`` (the checkpoint's; None: generation stops at ``max_new_tokens``).
     """
 
-    def __init__(self, module, recipe: ModelRecipe, params: list, device: torch.device, tokenizer=None):
+    def __init__(self, module, recipe: ModelRecipe, params: list, device: torch.device, tokenizer=None,
+                 eos_token_id: int | None = None):
         self._ffi = _ensure_runtime()
         self._rt = _Runtime(self._ffi)
         self.recipe = recipe
         self.device = device
         self.tokenizer = tokenizer
+        self.eos_token_id = eos_token_id
         self._vm = module["vm_load_executable"]()
         init = [_CUDA, device.index or 0, _POOLED_ALLOCATOR] if device.type == "cuda" else []
         self._vm["vm_initialization"](*init, _CPU, 0, _POOLED_ALLOCATOR)
@@ -114,8 +118,8 @@ class LlamaEngine:
         """Greedy generation from a text prompt (needs the tokenizer stored with the weights)."""
         tokenizer = self._require_tokenizer()
         ids = tokenizer.encode(prompt).ids
-        eos = tokenizer.token_to_id("<|endoftext|>")
-        new = self.generate_ids(ids, max_new_tokens, stop_ids=() if eos is None else (eos,))
+        stop = () if self.eos_token_id is None else (self.eos_token_id,)
+        new = self.generate_ids(ids, max_new_tokens, stop_ids=stop)
         return tokenizer.decode(new)
 
     def perplexity(self, text_or_ids, window: int = 512, max_windows: int | None = None):
@@ -185,9 +189,9 @@ def load(path, device: str | None = None) -> LlamaEngine:
         raise LibraryError(f"the weights file {weights_path} of {path} is missing")
     meta = read_sidecar(path) or {}
     device = torch.device(device or ("cuda" if meta.get("target_kind") == "cuda" else "cpu"))
-    recipe, names, tokenizer_json = _read_metadata(weights_path)
-    params = _read_params(weights_path, names, device)
-    return LlamaEngine(module, recipe, params, device, _tokenizer(tokenizer_json))
+    recipe, record, tokenizer_json = _read_metadata(weights_path)
+    params = _read_params(weights_path, record["params"], device)
+    return LlamaEngine(module, recipe, params, device, _tokenizer(tokenizer_json), record.get("eos_token_id"))
 
 
 def _read_metadata(weights_path: Path):
@@ -201,7 +205,7 @@ def _read_metadata(weights_path: Path):
     if METADATA_KEY not in meta:
         raise LibraryError(f"{weights_path} was not written by lowbit_tvm (no '{METADATA_KEY}' metadata)")
     record = json.loads(meta[METADATA_KEY])
-    return ModelRecipe.from_json(record["recipe"]), record["params"], meta.get("tokenizer")
+    return ModelRecipe.from_json(record["recipe"]), record, meta.get("tokenizer")
 
 
 def _read_params(weights_path: Path, names: list, device: torch.device) -> list:
