@@ -1,0 +1,113 @@
+"""Which kernels and default configs serve an Atom-style linear layer (W4A8 / W8A8) at a batch size.
+
+A layer is the quantize kernel plus one GEMM (no outliers) or two: the main part (int4 group weights, or
+int8 per channel) and the outlier part (int8 x int8 over ``outliers`` channels, added onto the first's
+result). Variants: W4A8 and W8A8 on any sm_80+ target; W4A4 (native ``mma.m16n8k64.s4``) exists only on
+sm_80/86/89 and is not built here: asking for it raises, and on sm_90 (int4 mma emulated there, about 50
+TOPS against 1289 for int8) the error says to use W4A8.
+"""
+from dataclasses import dataclass
+
+from ..errors import CodegenError, QuantizationError
+from ..ops.w4a8 import ActQuantOp, IntGemmOp
+from ..quant.atom import AtomScheme
+from .w4a8_quantize import ActQuantConfig
+from .w4a8_tensor_core import IntGemmConfig
+
+INT4_MMA_ARCHS = ("sm_80", "sm_86", "sm_89")
+# Up to this many rows the W4A16 kernel (fp16 activations, weights decoded to fp16) serves the layer: on the H100
+# (first device run, benchmarks/results/nvidia_h100_80gb_hbm3/w4a8.json) our W4A8 GEMM alone was slower than
+# W4A16 at M=16 on 3 of the 4 Llama shapes (e.g. 11008x4096: 46 vs 26 us), before counting the quantize kernel.
+W4A16_UP_TO_M = 16
+VARIANTS = ("w4a8", "w8a8", "w4a4")
+
+# Per batch size (rows up to the key): (warps_m, tile_m, warps_n, tile_n). Block tile 16*wm*tm x 16*wn*tn.
+# Above 64 rows from the H100 sweep of the W4A8 GEMM (second device run, "sweep" in w4a8.json; 7 configs at
+# M = 128/1024/4096 on 4096x22016 and 8192x57344): 64x128 blocks won at M=128 (72.9 vs 86.7 us for the 128x128
+# ones run 2's benchmark used; 278.7 vs 317.2 us), 64x128 with 4 warps at M >= 1024 on 3 of 4 workloads
+# (e.g. 1475 vs 1619 us at 4096x22016, M=4096).
+_TILES = ((16, (1, 1, 4, 1)), (32, (1, 2, 4, 1)), (64, (2, 2, 4, 1)), (256, (2, 2, 4, 2)), (None, (1, 4, 4, 2)))
+
+
+def check_variant(variant: str, arch: str) -> str:
+    """The variant that serves ``variant`` on ``arch``, or a clear error.
+
+    Raises
+    ------
+    CodegenError
+        For ``"w4a4"`` (on sm_90 and newer: no native int4 tensor cores, use ``"w4a8"``; on sm_80/86/89: the
+        W4A4 kernel is not implemented yet) and for unknown variants.
+    """
+    if variant not in VARIANTS:
+        raise CodegenError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    if variant == "w4a4":
+        base = arch.replace("a", "")
+        if base not in INT4_MMA_ARCHS:
+            raise CodegenError(
+                f"W4A4 needs native int4 tensor cores (sm_80/86/89); {arch} emulates int4 mma (about 50 TOPS vs "
+                "1289 for int8 on the H100): use variant 'w4a8' (int4 weights unpacked to int8 in registers)"
+            )
+        raise CodegenError(f"the W4A4 kernel (mma.m16n8k64.s4) is not implemented yet; use 'w4a8' on {arch}")
+    return variant
+
+
+def choose_path(m: int) -> str:
+    """``"w4a16"`` for batches up to ``W4A16_UP_TO_M`` rows (weight-bound: int8 activations buy nothing there),
+    else ``"w4a8"``."""
+    return "w4a16" if m <= W4A16_UP_TO_M else "w4a8"
+
+
+def gemm_config(m: int, n: int) -> IntGemmConfig:
+    """The default config at ``m`` rows: tiles follow the batch size; N tiles shrink until they divide N."""
+    warps_m, tile_m, warps_n, tile_n = next(t for bound, t in _TILES if bound is None or m <= bound)
+    while (n // 16) % (warps_n * tile_n) and tile_n > 1:
+        tile_n //= 2
+    while (n // 16) % (warps_n * tile_n) and warps_n > 1:
+        warps_n //= 2
+    return IntGemmConfig(warps_m, warps_n, tile_m, tile_n, 4, 2)
+
+
+def block_rows(config: IntGemmConfig) -> int:
+    """Rows of one block tile: the M padding unit."""
+    return 16 * config.warps_m * config.tile_m
+
+
+@dataclass(frozen=True)
+class LinearPlan:
+    """The kernels of one layer at one batch size: quantize op + config, GEMM ops + configs."""
+
+    scheme: AtomScheme
+    m: int
+    n: int
+    k: int
+    quant: ActQuantOp
+    quant_config: ActQuantConfig
+    gemms: tuple  # ((IntGemmOp, IntGemmConfig), ...)
+
+    @property
+    def m_pad(self) -> int:
+        return self.quant.m_pad
+
+
+def plan_linear(m: int, n: int, k: int, scheme: AtomScheme, config: IntGemmConfig | None = None) -> LinearPlan:
+    """Plan the kernels of a ``[N, K]`` layer under ``scheme`` for ``m`` rows.
+
+    Raises
+    ------
+    QuantizationError
+        If N is not a multiple of 16 or the outlier count does not fit K.
+    """
+    if n % 16:
+        raise QuantizationError(f"the int8 tensor-core kernels need N % 16 == 0, got N={n}; pad the weight rows")
+    main_k = scheme.main_k(k)
+    config = config or gemm_config(m, n)
+    m_pad = -(-m // block_rows(config)) * block_rows(config)
+    quant = ActQuantOp(k, main_k, scheme.outliers, m, m_pad)
+    group = scheme.group_size or main_k
+    gemms = [(IntGemmOp(n, main_k, scheme.weight_bits, group, m_pad), config)]
+    if scheme.outliers:
+        k_inner = next(i for i in (4, 2, 1) if (scheme.outliers // 32) % i == 0)
+        out_config = IntGemmConfig(config.warps_m, config.warps_n, config.tile_m, config.tile_n, k_inner, config.prefetch)
+        out = IntGemmOp(n, scheme.outliers, 8, scheme.outliers, m_pad, True)
+        gemms.append((out, out_config))
+    return LinearPlan(scheme, m, n, k, quant, ActQuantConfig(), tuple(gemms))
