@@ -26,12 +26,13 @@ def database_dir(arch: str, root: Path | None = None) -> Path:
 
 def open_database(folder: Path, create: bool = False):
     """The JSON database in ``folder``; None when it does not exist and ``create`` is False."""
-    from .schedules import intrinsics  # pylint: disable=import-outside-toplevel
+    from .schedules import gemv_intrinsics, intrinsics  # pylint: disable=import-outside-toplevel
 
     folder = Path(folder)
     if not create and not (folder / _RECORDS).exists():
         return None
     intrinsics.register()  # the stored traces name our tensor intrinsics
+    gemv_intrinsics.register()  # (GEMV records: the word dot product)
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(
         path_workload=str(folder / _WORKLOADS), path_tuning_record=str(folder / _RECORDS), allow_missing=True
