@@ -10,10 +10,17 @@ __version__ = "0.1.0"
 
 
 def load(path, device=None):
-    """Load a model library (``lowbit-tvm build``'s ``.so`` + ``.safetensors``) with only TVM's runtime.
+    """Load a model library with only TVM's runtime.
 
-    See :func:`lowbit_tvm.models.engine.load`.
+    An ONNX model library (``lowbit-tvm compile``, :func:`lowbit_tvm.frontend.compile_onnx`) gives an
+    :class:`~lowbit_tvm.frontend.onnx_engine.OnnxEngine`; a Llama library (``lowbit-tvm build``) gives a
+    :class:`~lowbit_tvm.models.engine.LlamaEngine`. The weights file beside the library says which.
+    See :func:`lowbit_tvm.frontend.onnx_engine.load` and :func:`lowbit_tvm.models.engine.load`.
     """
+    from .frontend.onnx_engine import load as load_onnx, onnx_metadata  # pylint: disable=import-outside-toplevel
+
+    if onnx_metadata(path) is not None:
+        return load_onnx(path, device)
     from .models.engine import load as load_model  # pylint: disable=import-outside-toplevel
 
     return load_model(path, device)

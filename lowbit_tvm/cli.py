@@ -1,4 +1,4 @@
-"""``lowbit-tvm``: the command-line entry (demo, tune, bench, build, run)."""
+"""``lowbit-tvm``: the command-line entry (demo, tune, bench, build, compile, run)."""
 import argparse
 import sys
 from pathlib import Path
@@ -71,6 +71,32 @@ def _add_build(sub):
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
+def _add_compile(sub):
+    p = sub.add_parser(
+        "compile",
+        help="compile an ONNX model with its MatMul/Gemm layers on our W4A16 kernel into a library + weights file",
+        description="Import MODEL (.onnx) with TVM's ONNX frontend, quantize every MatMul/Gemm whose weight is a "
+        "constant with SCHEME and run it on our W4A16 kernel (pre-quantized com.microsoft.MatMulNBits and "
+        "block-wise DequantizeLinear weights keep their own 4-bit codes), lower the rest with TVM (dlight on CUDA) "
+        "and write OUTPUT (.so, compiled device code: no GPU needed to build) and OUTPUT's .safetensors. Run it "
+        "with lowbit_tvm.load(OUTPUT)(inputs...): outputs are named as in the ONNX graph. Nothing is written if "
+        "anything fails.",
+    )
+    p.add_argument("model", type=Path, help="the ONNX model (external data must lie in its folder)")
+    p.add_argument("--scheme", default="w4a16-g128",
+                   help="W4A16 scheme for float weights, e.g. w4a16-g128, w4a16-g64-asym; fp16 leaves them float "
+                   "(default w4a16-g128)")
+    p.add_argument("--target", choices=("cuda", "llvm"), default="cuda", help="cuda (default) or llvm (CPU)")
+    p.add_argument("--arch", default=None, help="CUDA arch (default: the local GPU's, else sm_90)")
+    p.add_argument("--keep-fp", nargs="*", default=["lm_head"], metavar="PATTERN",
+                   help="node or weight name patterns (fnmatch or substring) kept in floating point (default: lm_head)")
+    p.add_argument("--calibrate", type=Path, default=None, metavar="NPZ",
+                   help="a .npz of model inputs (arrays named as the ONNX inputs) to calibrate on: layers are then "
+                   "quantized with GPTQ on their recorded inputs instead of round-to-nearest")
+    p.add_argument("-o", "--output", type=Path, required=True, help="library file to write (.so)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
 def _add_run(sub):
     p = sub.add_parser("run", help="generate text with, or measure the perplexity of, a built model library")
     p.add_argument("library", type=Path, help="a .so written by `lowbit-tvm build`")
@@ -94,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     _add_tune(sub)
     _add_bench(sub)
     _add_build(sub)
+    _add_compile(sub)
     _add_run(sub)
     return top
 
@@ -140,6 +167,32 @@ def _build(args):
     print(f"wrote {path} and {path.with_suffix('.safetensors')}")
 
 
+def _compile(args):
+    from .frontend import compile_onnx  # pylint: disable=import-outside-toplevel
+
+    feeds = None
+    if args.calibrate is not None:
+        import numpy as np  # pylint: disable=import-outside-toplevel
+
+        try:
+            with np.load(args.calibrate) as data:
+                feeds = [{name: data[name] for name in data.files}]
+        except (OSError, ValueError) as err:
+            raise LowbitError(f"cannot read the calibration inputs {args.calibrate}: {err}") from None
+    print(f"compiling {args.model} ({args.scheme}, {args.target}) ...", flush=True)
+    result = compile_onnx(args.model, args.output, args.scheme, args.target, arch=args.arch,
+                          keep_float=tuple(args.keep_fp), calibration=feeds, overwrite=args.overwrite)
+    on_kernel = [layer for layer in result.layers if layer["kernel"] != "float"]
+    print(f"wrote {result.path} and {result.path.with_suffix('.safetensors')}: {len(on_kernel)} of "
+          f"{len(result.layers)} linear layers on the W4A16 kernel")
+    for layer in result.layers:
+        if layer["kernel"] == "float":
+            print(f"  kept float: {layer['node']} ({layer['note']})")
+    if result.kept_float:
+        print(f"  {len(result.kept_float)} MatMul/Gemm node(s) without a constant weight stay float, e.g. "
+              + ", ".join(f"{node} ({why})" for node, why in result.kept_float[:3]))
+
+
 def _run(args):
     from . import load  # pylint: disable=import-outside-toplevel
 
@@ -165,6 +218,8 @@ def main(argv=None) -> int:
             _tune(args)
         elif args.command == "build":
             _build(args)
+        elif args.command == "compile":
+            _compile(args)
         elif args.command == "run":
             _run(args)
         else:

@@ -31,3 +31,11 @@ class MissingPackageError(LowbitError, ImportError):
 
 class EvaluationError(LowbitError, ValueError):
     """Invalid input to a model evaluation (perplexity windows, token ids, logits of the wrong shape)."""
+
+
+class UnsupportedOperatorError(ModelError):
+    """An imported model uses operators we cannot compile; ``ops`` maps each operator to its node names."""
+
+    def __init__(self, message: str, ops: dict):
+        super().__init__(message)
+        self.ops = ops

@@ -61,3 +61,50 @@ def test_build_rejects_an_unknown_preset(tmp_path, capsys):
 def test_run_names_a_missing_library(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nothing.so")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _tiny_onnx(path):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    onnx = pytest.importorskip("onnx")
+    helper = onnx.helper
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 32])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    return path
+
+
+def test_compile_help_names_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compile", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--scheme", "--target", "--keep-fp", "--calibrate", "--output", "--overwrite", "MatMulNBits"):
+        assert option in out
+
+
+def test_compile_writes_a_library_that_runs(tmp_path, capsys):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    import lowbit_tvm  # pylint: disable=import-outside-toplevel
+
+    model = _tiny_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "tiny.so"
+    assert main(["compile", str(model), "--target", "llvm", "--scheme", "w4a16-g32", "-o", str(out)]) == 0
+    assert "1 of 1 linear layers on the W4A16 kernel" in capsys.readouterr().out
+    y = lowbit_tvm.load(out)(np.ones((2, 64), np.float32))["y"]
+    assert y.shape == (2, 32) and np.isfinite(y).all()
+    assert main(["compile", str(model), "--target", "llvm", "-o", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_compile_rejects_a_file_that_is_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01garbage" * 50)
+    assert main(["compile", str(bad), "--target", "llvm", "-o", str(tmp_path / "out" / "m.so")]) == 2
+    err = capsys.readouterr().err
+    assert "lowbit-tvm compile: error:" in err and "ONNX" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
