@@ -102,26 +102,10 @@ def linear_weights(model, layers):
 
 def calibration_inputs(model, tokens):
     """HF linear name -> its input activations [tokens, in] (float64) on the calibration text."""
-    import torch
+    from lowbit_tvm.models.hf_reference import linear_inputs
 
-    from lowbit_tvm.models.hf_reference import hf_llama
-
-    hf = hf_llama(model)
     ids = model.tokenizer().encode(calibration_text()).ids[:tokens]
-    captured = {}
-
-    def hook(name):
-        def keep_first_input(module, args):  # returns None: the input is not replaced
-            captured.setdefault(name, args[0][0].double().numpy())
-        return keep_first_input
-
-    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in hf.named_modules()
-               if n.split(".")[-1] in KINDS]
-    with torch.no_grad():
-        hf(torch.tensor([ids]))
-    for handle in handles:
-        handle.remove()
-    return captured
+    return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
 
 
 def measure(weights, activations, fns):

@@ -3,7 +3,8 @@
 Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym bcq3 abcq3 ...] [--windows 56]
 
 ``gptq-sym``/``gptq-asym``: GPTQ int4 (``lowbit_tvm.quant.gptq``) with Hessians from 8 x 512 tokens of
-``lee.cor``. ``abcq3``/``abcq4``: activation-aware BCQ (least squares weighted by each input channel's mean square
+``lee.cor``. ``awq-sym``/``awq-asym``: activation-aware scales (``lowbit_tvm.quant.awq``, searched on 1024 tokens
+of ``lee.cor`` and folded into the norms and up rows: an equivalent float model), then int4 RTN. ``abcq3``/``abcq4``: activation-aware BCQ (least squares weighted by each input channel's mean square
 activation on 512 tokens of the calibration text ``lee.cor``, never on the evaluation text).
 
 Every q/k/v/o/gate/up/down weight is replaced by its reconstruction (quantize + dequantize, group 128, K padded
@@ -94,6 +95,26 @@ def aware_bcq(bits: int, iterations: int, activations: dict):
     return run
 
 
+def awq_weights(model, symmetric: bool) -> dict:
+    """The AWQ-scaled float weights of every layer, then int4 RTN of their linear layers (group 128)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.quant import Int4Scheme  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant.awq import awq_transform, rtn_reconstruction  # pylint: disable=import-outside-toplevel
+
+    scheme = Int4Scheme(GROUP, symmetric)
+    inputs = calibration_inputs(model, 2 * CALIBRATION_TOKENS)
+    layers = model.config["num_hidden_layers"]
+    scaled, choices = awq_transform(model.weights, layers, inputs, scheme)
+    gain = sum(c.rtn_error - c.error for c in choices) / len(choices)
+    print(f"awq {scheme.name}: mean alpha {sum(c.alpha for c in choices) / len(choices):.2f}, calibration output "
+          f"error down by {gain:.4f} on average", flush=True)
+    replaced = {name: w for name, w in scaled.items() if not np.array_equal(w, model.weights[name])}
+    for name in linear_weights(model, layers):
+        replaced[name] = rtn_reconstruction(scaled[name], scheme).astype("float32")
+    return replaced
+
+
 def perplexity_with(model, replaced: dict, ids, windows: int):
     """Perplexity of ``model`` with the weights in ``replaced`` swapped in."""
     original = dict(model.weights)
@@ -129,9 +150,12 @@ def main():
     records = []
     for method in args.methods:
         start = time.time()
-        replaced = {} if method == "fp" else {
-            name: fns[method](name, w).astype("float32") for name, w in linears.items()
-        }
+        if method.startswith("awq"):
+            replaced = awq_weights(model, method == "awq-sym")
+        else:
+            replaced = {} if method == "fp" else {
+                name: fns[method](name, w).astype("float32") for name, w in linears.items()
+            }
         result = perplexity_with(model, replaced, ids, args.windows)
         records.append({"method": method, "group": GROUP, "perplexity": result.perplexity,
                         "scored_tokens": result.scored_tokens})

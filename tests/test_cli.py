@@ -53,6 +53,13 @@ def test_build_without_a_checkpoint_names_what_is_missing(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_build_refuses_awq_for_an_unquantized_scheme(tmp_path, capsys):
+    out = tmp_path / "m.so"
+    assert main(["build", "--model", "smollm2-135m", "--scheme", "fp32", "--awq", "--target", "llvm", "-o", str(out)]) == 2
+    assert "--awq scales weights for a quantized scheme; fp32" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_build_rejects_an_unknown_preset(tmp_path, capsys):
     assert main(["build", "--model", "gpt-5", "-o", str(tmp_path / "m.so")]) == 2
     assert "unknown model preset 'gpt-5'" in capsys.readouterr().err

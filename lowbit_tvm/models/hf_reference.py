@@ -89,3 +89,40 @@ def _transformers():
             "pip install transformers (or pip install -e '.[test]')"
         ) from exc
     return transformers
+
+
+def linear_inputs(config: dict, weights: dict, token_ids, layer_kinds: tuple) -> dict:
+    """Input activations of linear layers in the float model, from one forward pass over ``token_ids``.
+
+    Parameters
+    ----------
+    config, weights
+        As for ``hf_llama_from``.
+    token_ids : sequence of int
+        The calibration tokens (one sequence).
+    layer_kinds : tuple of str
+        Last name components of the layers to capture (e.g. ``("q_proj", "gate_proj", "down_proj")``).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``<layer>.weight`` name -> float64 inputs [tokens, in_features].
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+
+    model = hf_llama_from(config, weights)
+    captured = {}
+
+    def hook(name):
+        def keep(module, args):  # returns None: the input is not replaced
+            captured[name] = args[0][0].double().numpy()
+        return keep
+
+    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in model.named_modules()
+               if n.split(".")[-1] in layer_kinds]
+    with torch.no_grad():
+        model(torch.as_tensor(np.asarray(token_ids)[None], dtype=torch.long))
+    for handle in handles:
+        handle.remove()
+    return captured
