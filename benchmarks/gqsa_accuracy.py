@@ -42,27 +42,11 @@ SPARSITIES = (0.3, 0.5)
 
 
 def layer_inputs(model, text, tokens):
-    """HF linear name -> its input activations [tokens, in] (float64) while the model reads ``text``."""
-    import torch  # pylint: disable=import-outside-toplevel
+    """HF linear weight name -> its input activations ``[tokens, in]`` (float64) while the model reads ``text``."""
+    from lowbit_tvm.models.hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
 
-    from lowbit_tvm.models.hf_reference import hf_llama  # pylint: disable=import-outside-toplevel
-
-    hf = hf_llama(model)
     ids = model.tokenizer().encode(text).ids[:tokens]
-    captured = {}
-
-    def hook(name):
-        def keep_first_input(module, args):  # returns None: the input is not replaced
-            captured.setdefault(name, args[0][0].double().numpy())
-        return keep_first_input
-
-    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in hf.named_modules()
-               if n.split(".")[-1] in KINDS]
-    with torch.no_grad():
-        hf(torch.tensor([ids]))
-    for handle in handles:
-        handle.remove()
-    return captured
+    return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
 
 
 def methods(group, damping):

@@ -35,26 +35,10 @@ METHODS = ["w4a8-o0", "w4a8-o32", "w4a8-o128", "w8a8", "w4a16"]
 
 def layer_inputs(model, text, tokens):
     """HF linear weight name -> its input activations ``[tokens, in]`` (float64) while the model reads ``text``."""
-    import torch  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
 
-    from lowbit_tvm.models.hf_reference import hf_llama  # pylint: disable=import-outside-toplevel
-
-    hf = hf_llama(model)
     ids = model.tokenizer().encode(text).ids[:tokens]
-    captured = {}
-
-    def hook(name):
-        def keep_input(module, args):  # returns None: the input is not replaced
-            captured[name] = args[0][0].double().numpy()
-        return keep_input
-
-    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in hf.named_modules()
-               if n.split(".")[-1] in KINDS]
-    with torch.no_grad():
-        hf(torch.tensor([ids]))
-    for handle in handles:
-        handle.remove()
-    return captured
+    return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
 
 
 def _w4a16(w, x):

@@ -77,3 +77,16 @@ def loops_inside(sch: Schedule, block, loop) -> list:
     loops = sch.get_loops(block)
     outer = [sch.get(rv) for rv in loops].index(sch.get(loop))
     return loops[outer + 1:]
+
+
+def spread_store(sch: Schedule, staged, inline_consumers: bool = True) -> None:
+    """Spread the copy of ``staged`` (a shared-memory tile of results) to global memory over a warp's lanes, four
+    elements (a vector) each; first inline every consumer of it into that copy (epilogues) unless told not to."""
+    consumers = sch.get_consumers(staged) if inline_consumers else []
+    while consumers:
+        sch.reverse_compute_inline(consumers[0])
+        consumers = sch.get_consumers(staged)
+    fused = sch.fuse(*sch.get_loops(staged)[-2:])
+    _, tx, vec = sch.split(fused, [None, 32, 4])
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, MATMUL
 from . import intrinsics
-from .rule import ScheduleRule, find_block, loops_inside
+from .rule import ScheduleRule, find_block, loops_inside, spread_store
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ class W4A16TensorCore(ScheduleRule):
         self._decode_fragments(sch, decode, len(decode_block.reads) == 2)
         staged = self._tensorize(sch, outer, inner, loops, main)
         if knob["split_k"] == 1:
-            self._epilogue(sch, staged)
-        else:
-            self._spread_store(sch, staged)
+            spread_store(sch, staged)
+        else:  # fp32 tiles to the split-K workspace; a second kernel sums the slices
+            spread_store(sch, staged, inline_consumers=False)
             self._sum_splits(sch, matmul)
         sch.annotate(loops["k0"], "pragma_import_c", intrinsics.DECODE_SOURCE)
         return True
@@ -190,14 +190,6 @@ class W4A16TensorCore(ScheduleRule):
         return staged
 
     @staticmethod
-    def _spread_store(sch, staged):
-        """The warp's fp32 tiles, staged in shared memory, to the split-K workspace (16-byte stores)."""
-        fused = sch.fuse(*sch.get_loops(staged)[-2:])
-        _, tx, vec = sch.split(fused, [None, 32, 4])
-        sch.bind(tx, "threadIdx.x")
-        sch.vectorize(vec)
-
-    @staticmethod
     def _sum_splits(sch, matmul):
         """Second kernel: each thread sums one output's K slices, un-pads and casts it to fp16."""
         tail = sch.get_consumers(matmul)[0]
@@ -212,14 +204,3 @@ class W4A16TensorCore(ScheduleRule):
         sch.compute_at(matmul, tx)
         sch.set_scope(matmul, 0, "local")
 
-    @staticmethod
-    def _epilogue(sch, staged):
-        """Inline the un-padding and the fp16 cast into the shared -> global copy and spread it."""
-        consumers = sch.get_consumers(staged)
-        while consumers:
-            sch.reverse_compute_inline(consumers[0])
-            consumers = sch.get_consumers(staged)
-        fused = sch.fuse(*sch.get_loops(staged)[-2:])
-        _, tx, vec = sch.split(fused, [None, 32, 4])
-        sch.bind(tx, "threadIdx.x")
-        sch.vectorize(vec)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.w4a8 import DECODE, EPILOGUE, IGEMM, RESCALE
 from . import w4a8_intrinsics as intrin
-from .rule import ScheduleRule, find_block, loops_inside
+from .rule import ScheduleRule, find_block, loops_inside, spread_store
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class IntGemmTensorCore(ScheduleRule):
         self._decode_fragments(sch, decode, bits)
         self._tensorize(sch, igemm, igemm_outer, loops, a_shared)
         staged = self._accumulators(sch, rescale, loops, self._fast_convert(sch, loops, bits))
-        self._epilogue(sch, staged)
+        spread_store(sch, staged)
         self._pipeline(sch, pipe, knob["prefetch"])
         sch.annotate(pipe, "pragma_import_c", intrin.SOURCE)
         return True
@@ -198,14 +198,3 @@ class IntGemmTensorCore(ScheduleRule):
         sch.tensorize(row_i, cuda.MMA_store_16x16_f32_shared_dyn_INTRIN_SIMPLE)
         return staged
 
-    @staticmethod
-    def _epilogue(sch, staged):
-        """Inline the scale (and ``R``) and the fp16 cast into the shared -> global copy and spread it."""
-        consumers = sch.get_consumers(staged)
-        while consumers:
-            sch.reverse_compute_inline(consumers[0])
-            consumers = sch.get_consumers(staged)
-        fused = sch.fuse(*sch.get_loops(staged)[-2:])
-        _, tx, vec = sch.split(fused, [None, 32, 4])
-        sch.bind(tx, "threadIdx.x")
-        sch.vectorize(vec)
