@@ -32,3 +32,16 @@ def load_tensor_intrinsics():
     from tvm.s_tir.tensor_intrin import cuda  # pylint: disable=import-outside-toplevel
 
     return cuda
+
+
+def onnx_frontend():
+    """TVM's ONNX importer (``tvm.relax.frontend.onnx``), imported on first use: it imports the onnx package.
+
+    Returns
+    -------
+    module
+        With ``from_onnx`` and ``onnx_frontend`` (whose ``_get_convert_map`` lists the operators it converts).
+    """
+    from tvm.relax.frontend import onnx  # pylint: disable=import-outside-toplevel
+
+    return onnx

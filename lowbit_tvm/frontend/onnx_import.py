@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import ModelError, UnsupportedOperatorError
+from ..tvm_api import onnx_frontend
 from .onnx_linears import NormalizedGraph, normalize
 from .onnx_read import read_onnx
 
@@ -36,11 +37,10 @@ class ImportedModel:
 
 def unsupported_ops(model) -> dict:
     """``{operator: [node names]}`` of the nodes TVM's ONNX importer cannot convert."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map  # pylint: disable=import-outside-toplevel
-
     from onnx import helper  # pylint: disable=import-outside-toplevel
 
-    known = set(_get_convert_map()) | set(_DIRECT)
+    convert_map = onnx_frontend().onnx_frontend._get_convert_map()  # pylint: disable=protected-access
+    known = set(convert_map) | set(_DIRECT)
     found = {}
     for node in model.graph.node:
         name = node.name or node.output[0]
@@ -89,12 +89,10 @@ def import_onnx(path) -> ImportedModel:
     found = unsupported_ops(graph.model)
     if found:
         _raise_unsupported(found)
-    from tvm.relax.frontend.onnx import from_onnx  # pylint: disable=import-outside-toplevel
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mod = from_onnx(graph.model)
+            mod = onnx_frontend().from_onnx(graph.model)
     except Exception as err:
         raise ModelError(f"TVM's ONNX importer failed on {path}: {str(err).strip().splitlines()[-1]}") from err
     return ImportedModel(mod, graph, [o.name for o in graph.model.graph.output])
