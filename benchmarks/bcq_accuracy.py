@@ -100,12 +100,17 @@ def linear_weights(model, layers):
     return out
 
 
-def calibration_inputs(model, tokens):
-    """HF linear name -> its input activations [tokens, in] (float64) on the calibration text."""
+def layer_inputs(model, text, tokens):
+    """HF linear weight name -> its input activations ``[tokens, in]`` (float64) while the model reads ``text``."""
     from lowbit_tvm.models.hf_reference import linear_inputs
 
-    ids = model.tokenizer().encode(calibration_text()).ids[:tokens]
+    ids = model.tokenizer().encode(text).ids[:tokens]
     return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
+
+
+def calibration_inputs(model, tokens):
+    """``layer_inputs`` on the calibration text (``lee.cor``)."""
+    return layer_inputs(model, calibration_text(), tokens)
 
 
 def measure(weights, activations, fns):

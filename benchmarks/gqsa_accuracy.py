@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bcq_accuracy import KINDS, linear_weights, rtn  # noqa: E402  pylint: disable=wrong-import-position
+from bcq_accuracy import KINDS, layer_inputs, linear_weights, rtn  # noqa: E402  pylint: disable=wrong-import-position
 
 from lowbit_tvm.models.corpus import calibration_text, lee_corpus_text  # noqa: E402
 from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # noqa: E402
@@ -39,14 +39,6 @@ from lowbit_tvm.quant.gqsa import (  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "gqsa_accuracy.json"
 SPARSITIES = (0.3, 0.5)
-
-
-def layer_inputs(model, text, tokens):
-    """HF linear weight name -> its input activations ``[tokens, in]`` (float64) while the model reads ``text``."""
-    from lowbit_tvm.models.hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
-
-    ids = model.tokenizer().encode(text).ids[:tokens]
-    return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
 
 
 def methods(group, damping):

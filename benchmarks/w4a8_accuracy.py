@@ -27,18 +27,10 @@ from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama
 from lowbit_tvm.quant import Int4Scheme, atom, dequantize, quantize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bcq_accuracy import KINDS, linear_weights  # noqa: E402  pylint: disable=wrong-import-position
+from bcq_accuracy import KINDS, layer_inputs, linear_weights  # noqa: E402  pylint: disable=wrong-import-position
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "w4a8_accuracy.json"
 METHODS = ["w4a8-o0", "w4a8-o32", "w4a8-o128", "w8a8", "w4a16"]
-
-
-def layer_inputs(model, text, tokens):
-    """HF linear weight name -> its input activations ``[tokens, in]`` (float64) while the model reads ``text``."""
-    from lowbit_tvm.models.hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
-
-    ids = model.tokenizer().encode(text).ids[:tokens]
-    return linear_inputs(model.config, model.weights, ids, tuple(KINDS))
 
 
 def _w4a16(w, x):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.gqsa import CAST, DOT, GATHER, MATMUL
 from . import gemv_intrinsics
-from .rule import ScheduleRule, find_block
+from .rule import ScheduleRule, find_block, read_index
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class GQSAGemv(ScheduleRule):
         sch.set_scope(rf, 0, "local")
         sch.compute_at(dot, sch.get_loops(rf)[-1])
         sch.set_scope(dot, 0, "local")
-        weights = sch.cache_read(dot, _read_names(sch, dot).index("B"), "local")
+        weights = sch.cache_read(dot, read_index(sch, dot, "B"), "local")
         sch.compute_at(weights, ko, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(weights)[-1])
         sch.compute_at(gather, sch.get_loops(dot)[-1], preserve_unit_loops=True)
@@ -105,7 +105,3 @@ class GQSAGemv(ScheduleRule):
         ty, row = sch.split(j, [knob["ty"], knob["rows"]])
         sch.reorder(ty, row, i)
         sch.bind(ty, "threadIdx.y")
-
-
-def _read_names(sch, block) -> list:
-    return [region.source.name for region in sch.get(block).reads]

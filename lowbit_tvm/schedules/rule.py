@@ -90,3 +90,21 @@ def spread_store(sch: Schedule, staged, inline_consumers: bool = True) -> None:
     _, tx, vec = sch.split(fused, [None, 32, 4])
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
+
+
+def read_index(sch: Schedule, block, name: str) -> int:
+    """The index of buffer ``name`` among ``block``'s reads (what ``cache_read`` takes)."""
+    names = [region.source.name for region in sch.get(block).reads]
+    if name not in names:
+        raise ValueError(f"block {sch.get(block).name_hint} reads no buffer {name}")
+    return names.index(name)
+
+
+def spread_copy(sch: Schedule, block, at, vec: int, warps_m, warps_n) -> None:
+    """Spread a copy block's own loops (those inside loop ``at``) over a tensor-core block's threads
+    (``threadIdx.x`` 32 lanes, ``threadIdx.y`` the ``warps_m x warps_n`` warps), ``vec`` elements wide."""
+    fused = sch.fuse(*loops_inside(sch, block, at))
+    _, wm, wn, tx, v = sch.split(fused, [None, warps_m, warps_n, 32, vec])
+    sch.bind(tx, "threadIdx.x")
+    sch.bind(sch.fuse(wm, wn), "threadIdx.y")
+    sch.vectorize(v)

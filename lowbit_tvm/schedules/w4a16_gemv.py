@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..ops.w4a16 import CAST, DECODE, DOT, MATMUL
 from ..tvm_api import tirx
 from . import gemv_intrinsics
-from .rule import ScheduleRule, find_block
+from .rule import ScheduleRule, find_block, read_index
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ class W4A16Gemv(ScheduleRule):
         sch.set_scope(rf, 0, "local")
         sch.compute_at(dot, sch.get_loops(rf)[-1])
         sch.set_scope(dot, 0, "local")
-        weights = sch.cache_read(dot, _read_index(sch, dot, "B"), "local")
+        weights = sch.cache_read(dot, read_index(sch, dot, "B"), "local")
         sch.compute_at(weights, ko, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(weights)[-1])
-        acts = sch.cache_read(dot, _read_index(sch, dot, "A"), "local")
+        acts = sch.cache_read(dot, read_index(sch, dot, "A"), "local")
         sch.compute_at(acts, ko, preserve_unit_loops=True)
         _, vec = sch.split(sch.get_loops(acts)[-1], [None, 8])
         sch.vectorize(vec)
@@ -143,8 +143,3 @@ class W4A16Gemv(ScheduleRule):
 def fits_words(n, words, tx, ty, vec, rows, **_):
     """Whether a word-GEMV config tiles ``n`` rows and ``words`` packed words without remainders."""
     return n % (ty * rows) == 0 and words % (tx * vec // 8) == 0
-
-
-def _read_index(sch, block, name):
-    """The index of buffer ``name`` among ``block``'s reads."""
-    return [region.source.name for region in sch.get(block).reads].index(name)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..ops.w4a16 import ASUM, CAST, DOT, MATMUL
 from ..tvm_api import tirx
 from . import gemv_intrinsics
-from .rule import ScheduleRule, find_block
+from .rule import ScheduleRule, find_block, read_index
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,10 @@ class W4A16MmaGemv(ScheduleRule):
         if asum is not None:
             sch.compute_at(asum, ki)
             sch.set_scope(asum, 0, "local")
-        weights = sch.cache_read(dot, _read_index(sch, dot, "B"), "local")
+        weights = sch.cache_read(dot, read_index(sch, dot, "B"), "local")
         sch.compute_at(weights, ki, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(weights)[-1])
-        acts = sch.cache_read(dot, _read_index(sch, dot, "A"), "local", consumer_blocks=consumers)
+        acts = sch.cache_read(dot, read_index(sch, dot, "A"), "local", consumer_blocks=consumers)
         sch.compute_at(acts, ki, preserve_unit_loops=True)
         _, vec = sch.split(sch.get_loops(acts)[-1], [None, 8])
         sch.vectorize(vec)
@@ -107,8 +107,3 @@ class W4A16MmaGemv(ScheduleRule):
 def fits_tiles(n_tiles, k_tiles, tx, ty, tiles, **_):
     """Whether a config tiles ``n_tiles`` 16-row tiles and ``k_tiles`` 16-wide K tiles exactly."""
     return n_tiles % ty == 0 and k_tiles % (tx * tiles) == 0
-
-
-def _read_index(sch, block, name):
-    """The index of buffer ``name`` among ``block``'s reads."""
-    return [region.source.name for region in sch.get(block).reads].index(name)

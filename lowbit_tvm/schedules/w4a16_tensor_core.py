@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, MATMUL
 from . import intrinsics
-from .rule import ScheduleRule, find_block, loops_inside, spread_store
+from .rule import ScheduleRule, find_block, spread_copy, spread_store
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,6 @@ class W4A16TensorCore(ScheduleRule):
         sch.bind(warp, "threadIdx.y")
         return outer, matmul, {"k0": k0, "k1": k1, "warp": warp}
 
-    @staticmethod
-    def _spread(sch, block, at, vec, knob):
-        """Spread a copy block's own loops (those inside ``at``) over the block's threads, ``vec`` wide."""
-        fused = sch.fuse(*loops_inside(sch, block, at))
-        _, wm, wn, tx, v = sch.split(fused, [None, knob["warps_m"], knob["warps_n"], 32, vec])
-        sch.bind(tx, "threadIdx.x")
-        sch.bind(sch.fuse(wm, wn), "threadIdx.y")
-        sch.vectorize(v)
-
     def _fetch(self, sch, outer, decode, loops, knob):
         """Activations and packed weights to shared memory per K step; weights decoded per 16-deep slice."""
         k0 = loops["k0"]
@@ -143,12 +134,12 @@ class W4A16TensorCore(ScheduleRule):
         for producer in sch.get_producers(a_shared):
             sch.compute_inline(producer)
         sch.storage_align(a_shared, 0, axis=-2, factor=32, offset=8)
-        self._spread(sch, a_shared, k0, 8, knob)
+        spread_copy(sch, a_shared, k0, 8, knob["warps_m"], knob["warps_n"])
         sch.set_scope(decode, 0, "warp")
         sch.compute_at(decode, loops["k1"])
         packed_shared = sch.cache_read(decode, 0, "shared.dyn")
         sch.compute_at(packed_shared, k0)
-        self._spread(sch, packed_shared, k0, 4, knob)
+        spread_copy(sch, packed_shared, k0, 4, knob["warps_m"], knob["warps_n"])
         ahead = knob["prefetch"]
         sch.annotate(k0, "software_pipeline_stage", [0, 0, ahead])
         sch.annotate(k0, "software_pipeline_order", [0, 1, 2])
@@ -203,4 +194,3 @@ class W4A16TensorCore(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         sch.compute_at(matmul, tx)
         sch.set_scope(matmul, 0, "local")
-

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..ops.w4a8 import DECODE, EPILOGUE, IGEMM, RESCALE
 from . import w4a8_intrinsics as intrin
-from .rule import ScheduleRule, find_block, loops_inside, spread_store
+from .rule import ScheduleRule, find_block, loops_inside, read_index, spread_copy, spread_store
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,6 @@ def _c_index(i, j):
 
 def _p_index(i, j, g):
     return (i // 16, j // 16, g, *intrin.c_map(i % 16, j % 16))
-
-
-def _read_index(sch, block, name):
-    for index, region in enumerate(sch.get(block).reads):
-        if region.source.name == name:
-            return index
-    raise ValueError(f"block {sch.get(block).name_hint} reads no buffer {name}")
 
 
 class IntGemmTensorCore(ScheduleRule):
@@ -110,26 +103,17 @@ class IntGemmTensorCore(ScheduleRule):
         loops["k0"], loops["k1"] = k0, k1
         return sch.blockize(i_tc)
 
-    @staticmethod
-    def _spread(sch, block, at, vec, knob):
-        """Spread a copy block's own loops (those inside ``at``) over the block's threads, ``vec`` wide."""
-        fused = sch.fuse(*loops_inside(sch, block, at))
-        _, wm, wn, tx, v = sch.split(fused, [None, knob["warps_m"], knob["warps_n"], 32, vec])
-        sch.bind(tx, "threadIdx.x")
-        sch.bind(sch.fuse(wm, wn), "threadIdx.y")
-        sch.vectorize(v)
-
     def _fetch(self, sch, igemm_outer, decode, pipe, loops, knob):
         """Activations and packed weights to shared memory per pipeline step (``cp.async``)."""
-        a_shared = sch.cache_read(igemm_outer, _read_index(sch, igemm_outer, "A"), "shared.dyn")
+        a_shared = sch.cache_read(igemm_outer, read_index(sch, igemm_outer, "A"), "shared.dyn")
         sch.compute_at(a_shared, pipe)
         sch.storage_align(a_shared, 0, axis=-2, factor=128, offset=16)
-        self._spread(sch, a_shared, pipe, 16, knob)
+        spread_copy(sch, a_shared, pipe, 16, knob["warps_m"], knob["warps_n"])
         sch.set_scope(decode, 0, "warp")
         sch.compute_at(decode, loops["k1"])
         packed_shared = sch.cache_read(decode, 0, "shared.dyn")
         sch.compute_at(packed_shared, pipe)
-        self._spread(sch, packed_shared, pipe, 4, knob)
+        spread_copy(sch, packed_shared, pipe, 4, knob["warps_m"], knob["warps_n"])
         return a_shared
 
     @staticmethod
@@ -155,7 +139,7 @@ class IntGemmTensorCore(ScheduleRule):
     @staticmethod
     def _tensorize(sch, igemm, igemm_outer, loops, a_shared):
         cuda = intrin.register()
-        a_warp = sch.cache_read(igemm_outer, _read_index(sch, igemm_outer, sch.get(a_shared).writes[0].source.name), "warp")
+        a_warp = sch.cache_read(igemm_outer, read_index(sch, igemm_outer, sch.get(a_shared).writes[0].source.name), "warp")
         sch.compute_at(a_warp, loops["k1"])
         row, col = sch.get_loops(a_warp)[-2:]
         row_o, row_i = sch.split(row, [None, 16])
@@ -197,4 +181,3 @@ class IntGemmTensorCore(ScheduleRule):
         sch.tensorize(sch.get_loops(init)[-2], cuda.MMA_fill_16x16_f32_INTRIN)
         sch.tensorize(row_i, cuda.MMA_store_16x16_f32_shared_dyn_INTRIN_SIMPLE)
         return staged
-
