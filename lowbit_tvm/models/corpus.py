@@ -7,13 +7,19 @@ imported, so ``pip install --no-deps gensim`` is enough):
   corpus (ABC news, 2001), one per line;
 - calibration: ``lee.cor``, the 50 other documents of the Lee corpus (the ones
   of the human similarity study); no document or sentence is shared with the
-  evaluation text.
+  evaluation text;
+- larger calibration: the shortened English Wikipedia dump of the same test data
+  (articles "Anarchism" to "Zoology" of 2017, about 0.8 M characters of prose once the
+  wiki markup is stripped by ``mwparserfromhell``), for quantizers that need more
+  tokens than ``lee.cor`` holds (GPTQ's Hessians).
 """
 
 from __future__ import annotations
 
+import bz2
 import importlib.util
 import pathlib
+import xml.etree.ElementTree as ElementTree
 
 from ..errors import MissingPackageError, ModelError
 
@@ -25,6 +31,10 @@ _TEST_DATA = ("test", "test_data")
 EVALUATION_FILE = "lee_background.cor"
 #: Calibration text file (Latin-1: it holds a few pound signs).
 CALIBRATION_FILE = "lee.cor"
+#: Wikipedia dump (bz2 MediaWiki XML) in the same test data: the larger calibration text.
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+#: PyPI requirement that strips wiki markup.
+WIKI_PARSER_REQUIREMENT = "mwparserfromhell>=0.6"
 
 
 def lee_corpus_text() -> str:
@@ -57,6 +67,71 @@ def calibration_text() -> str:
         If gensim (with its test data) is not installed.
     """
     return gensim_test_data(CALIBRATION_FILE).read_text(encoding="latin-1")
+
+
+def wiki_calibration_text(max_chars: int | None = None) -> str:
+    """Plain text of the Wikipedia articles in gensim's test data, a calibration text disjoint from
+    :func:`lee_corpus_text` (encyclopedia prose, not news).
+
+    Parameters
+    ----------
+    max_chars : int, optional
+        Stop after the article that brings the text to this many characters (all articles when None).
+
+    Returns
+    -------
+    str
+        Articles in dump order, separated by blank lines; markup, templates, references and tables are
+        stripped with the ``<ref>`` footnotes, and lines shorter than 40 characters (headings, list stubs) are dropped.
+
+    Raises
+    ------
+    MissingPackageError
+        If gensim (with its test data) or mwparserfromhell is not installed.
+    """
+    try:
+        import mwparserfromhell  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise MissingPackageError(
+            f"the Wikipedia calibration text needs mwparserfromhell; install it with: "
+            f"pip install '{WIKI_PARSER_REQUIREMENT}'"
+        ) from None
+    articles, total = [], 0
+    for wikitext in _wiki_pages(gensim_test_data(WIKI_FILE)):
+        prose = _prose(_without_references(mwparserfromhell.parse(wikitext)).strip_code())
+        if not prose:
+            continue
+        articles.append(prose)
+        total += len(prose)
+        if max_chars is not None and total >= max_chars:
+            break
+    return "\n\n".join(articles)
+
+
+def _wiki_pages(path: pathlib.Path):
+    """Wikitext of each article (namespace 0, not a redirect) of a bz2 MediaWiki XML dump."""
+    with bz2.open(path) as stream:
+        for _, element in ElementTree.iterparse(stream):
+            if not element.tag.endswith("}page"):
+                continue
+            namespace = element.findtext("{*}ns")
+            text = element.findtext("{*}revision/{*}text") or ""
+            if namespace == "0" and element.find("{*}redirect") is None:
+                yield text
+            element.clear()
+
+
+def _without_references(wikicode):
+    """``wikicode`` with its ``<ref>`` footnotes removed (citations, not prose)."""
+    for tag in wikicode.filter_tags(recursive=False, matches=lambda node: node.tag == "ref"):
+        wikicode.remove(tag)
+    return wikicode
+
+
+def _prose(text: str) -> str:
+    """The lines of stripped wikitext that read as sentences (40+ characters)."""
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if len(line) >= 40)
 
 
 def gensim_test_data(name: str) -> pathlib.Path:
