@@ -1,7 +1,11 @@
 """M=1 W4A16 on the GPU: the GEMV on tensor-core-layout weights (what a model's single-token decode calls)
-against the row-layout GEMV (``lowbit-tvm bench``'s M=1 kernel), the tensor-core kernel at M=1, cuBLAS fp16
-and tinygemm, in one run; plus a small sweep of the GEMV's configs. Every kernel's output is checked
-against float64 before it is timed.
+against the row-layout GEMV (``lowbit-tvm bench``'s M=1
+kernel), the tensor-core kernel at M=1, cuBLAS fp16 and tinygemm, in one run; plus a sweep of the GEMV's
+configs. Every kernel's output is checked against float64 before it is timed. ``*_us`` are medians of one
+launch with the L2 flushed; ``stream_us`` times 8 launches in a row over 8 copies of the weights (as a model
+graph runs its layers: launch latency hidden, L2 too small for the copies), divided by 8. (The committed
+mma_gemv.json also holds ``mma_gemv_strided``: the GEMV's previous thread layout, a warp reading one 16-byte
+piece of each of 32 tiles, measured in the same run before it was replaced.)
 
     python benchmarks/bench_mma_gemv.py OUT.json [--jobs 12]   # on the GPU machine
 """
@@ -12,8 +16,9 @@ from dataclasses import asdict
 
 import numpy as np
 
-SHAPES = [(4096, 4096), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)]
-SWEEP = [(tx, ty, tiles) for tx in (8, 16, 32) for ty in (1, 2, 4) for tiles in (1, 2)]
+SHAPES = [(4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)]
+SWEEP = [(ky, ty, tiles) for ky in (4, 8, 16, 32, 43, 64) for ty in (1, 2) for tiles in (1, 2)]
+COPIES = 8
 
 
 def _compile(job):
@@ -36,6 +41,22 @@ def _compile(job):
     return path
 
 
+def _stream_time(torch, fn, weights):
+    """Per-launch time of ``fn(w)`` run over ``COPIES`` weight copies back to back."""
+    from lowbit_tvm.bench import _time  # pylint: disable=import-outside-toplevel
+
+    copies = [[t.clone() for t in weights] for _ in range(COPIES)]
+
+    def run():
+        for w in copies:
+            fn(w)
+
+    us = _time(run) / COPIES
+    del copies
+    torch.cuda.empty_cache()
+    return us
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="JSON records to write")
@@ -51,7 +72,7 @@ def main():
     from lowbit_tvm.quant import get_scheme, quantize, reference_matmul  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
 
-    jobs = [(k, n, c, f"/tmp/mma_gemv_{k}_{n}_{c[0]}_{c[1]}_{c[2]}.so") for k, n in SHAPES for c in SWEEP]
+    jobs = [(k, n, c, f"/tmp/mma_gemv_{k}_{n}_{'_'.join(map(str, c))}.so") for k, n in SHAPES for c in SWEEP]
     with ProcessPoolExecutor(args.jobs) as pool:
         built = dict(zip([(k, n, c) for k, n, c, _ in jobs], pool.map(_compile, jobs)))
     target, scheme = default_target(), get_scheme("w4a16-g128")
@@ -74,14 +95,15 @@ def main():
             err = float(np.linalg.norm(out.cpu().double().numpy() - ref) / np.linalg.norm(ref))
             return (_time(fn) if err < 1e-2 else float("nan")), err
 
-        sweep = {}
+        sweep, functions = {}, {}
         for config in SWEEP:
             path = built[(k, n, config)]
             if path is None:
                 continue
-            function = load_library(path)[mma_op.name]
-            sweep[str(config)] = timed(lambda f=function: f(x, *mma_weights, out))
+            functions[str(config)] = load_library(path)[mma_op.name]
+            sweep[str(config)] = timed(lambda f=functions[str(config)]: f(x, *mma_weights, out))
         default = mma_gemv_plan(W4A16Op(n, k, scheme, 1)).config
+        default_key = str((default.ky, default.ty, default.tiles))
         rows_kernel = build(W4A16Op(n, k, scheme, 1), target)
         rows_weights = [torch.from_numpy(a).cuda() for a in rows_kernel.prepare(qw)]
         dynamic = build(W4A16Op(n, k, scheme, None), target)
@@ -89,10 +111,16 @@ def main():
         w16 = torch.from_numpy(weight).cuda().half()
         tg_packed, tg_sz = _tinygemm(torch, weight, 128)
         xb = x.bfloat16()
+        stream = {
+            "mma_gemv_default": _stream_time(torch, lambda w: functions[default_key](x, *w, out), mma_weights),
+            "rows_gemv": _stream_time(torch, lambda w: rows_kernel.function(x, *w, out), rows_weights),
+            "fp16": _stream_time(torch, lambda w: torch.nn.functional.linear(x, w[0]), [w16]),
+        }
         record = {
             "K": k, "N": n, "M": 1, "gpu": torch.cuda.get_device_name(),
-            "mma_gemv_default": str((default.tx, default.ty, default.tiles)),
+            "mma_gemv_default": default_key,
             "mma_gemv_us": sweep, "best_mma_gemv": min(sweep, key=lambda c: np.nan_to_num(sweep[c][0], nan=np.inf)),
+            "stream_us": stream,
             "rows_gemv_us": timed(lambda: rows_kernel.function(x, *rows_weights, out))[0],
             "tensor_core_us": timed(lambda: dynamic.function_for(1)(x, *mma_weights, out))[0],
             "fp16_us": _time(lambda: torch.nn.functional.linear(x, w16)),
@@ -101,8 +129,8 @@ def main():
         }
         records.append(record)
         best = record["best_mma_gemv"]
-        print(f"K={k} N={n}: mma-gemv default {sweep.get(record['mma_gemv_default'], (float('nan'),))[0]:.1f} us, "
-              f"best {best} {sweep[best][0]:.1f} us; rows-gemv {record['rows_gemv_us']:.1f}; tensor-core "
+        print(f"K={k} N={n}: mma-gemv default {default_key} {sweep[default_key][0]:.1f} us, "
+              f"best {best} {sweep[best][0]:.1f} us; stream {stream}; rows-gemv {record['rows_gemv_us']:.1f}; tensor-core "
               f"{record['tensor_core_us']:.1f}; fp16 {record['fp16_us']:.1f}; tinygemm {record['tinygemm_us']:.1f}; "
               f"floor {record['floor_us']:.1f}", flush=True)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -20,8 +20,8 @@ CONTEXT = 128  # tokens already in each sequence's cache when decode is timed
 PREFILL = 512
 
 
-def build(out_dir: Path, preset: str) -> None:
-    """Compile the fp16 and W4A16 graphs of ``preset`` for sm_90 and write their parameter specs."""
+def build(out_dir: Path, preset: str, schemes=SCHEMES) -> None:
+    """Compile the graphs of ``preset`` (fp16 and W4A16 by default) for sm_90 and write their parameter specs."""
     from lowbit_tvm.codegen import export_library  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.kernel import default_target  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.models.builder import build as build_graph  # pylint: disable=import-outside-toplevel
@@ -30,7 +30,7 @@ def build(out_dir: Path, preset: str) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = default_target("sm_90")
-    for scheme in SCHEMES:
+    for scheme in schemes:
         recipe = ModelRecipe(get_preset(preset), scheme, "float16")
         start = time.time()
         executable, model, names = build_graph(recipe, target)
@@ -180,6 +180,7 @@ def main(argv=None) -> None:
     b = sub.add_parser("build", help="compile the graphs for sm_90 (CPU is enough)")
     b.add_argument("out_dir", type=Path)
     b.add_argument("--preset", default="llama-2-7b")
+    b.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
     t = sub.add_parser("time", help="time them on the local GPU")
     t.add_argument("lib_dir", type=Path)
     t.add_argument("out_json", type=Path)
@@ -190,7 +191,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.out_dir, args.preset)
+        build(args.out_dir, args.preset, args.schemes)
     elif args.command == "profile":
         profile(args.lib_dir, args.scheme, args.batch, args.out_txt)
     else:

@@ -150,7 +150,7 @@ def test_gemv_on_tensor_core_weights_builds_to_binary(m, k, n, scheme):
     with tvm.transform.PassContext(config=PASS_CONFIG):
         assert device_code_format(build_module(sch.mod, _target("sm_90"))) in ("fatbin", "cubin")
         source = device_code(build_module(sch.mod, _target("sm_90"), binary=False))[0].data.decode()
-    assert "lowbit_mma_dot(" in source and "lop3.b32" in source and "__shfl" in source
+    assert "lowbit_mma_dot(" in source and "lop3.b32" in source and "__syncthreads" in source
 
 
 def test_gemv_on_tensor_core_weights_needs_tileable_shapes():

@@ -1,4 +1,5 @@
 """Which W4A16 rule and default config serve a given batch size and shape."""
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import LowbitError
@@ -116,26 +117,33 @@ def gemv_plan(op: W4A16Op) -> Plan:
     return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig())
 
 
-# GEMV on tensor-core-layout weights (tx, ty, tiles, unroll), best first; the first that tiles N/16 and K/16
-# exactly is used. From an H100 sweep at M=1 (benchmarks/results/.../mma_gemv.json): the widest K split wins
-# or is within 9 % of the best on the five Llama shapes.
-MMA_GEMV_CONFIGS = (
-    MmaGemvConfig(32, 1, 1, 64),
-    MmaGemvConfig(16, 1, 1, 64),
-    MmaGemvConfig(8, 1, 1, 64),
-    MmaGemvConfig(4, 1, 1, 64),
-)
+# GEMV on tensor-core-layout weights: MMA_GEMV_KY half-warps per block (256 threads) is the best config or
+# within 12 % of it on the six Llama shapes of an H100 sweep (benchmarks/results/.../mma_gemv.json), as long
+# as the grid keeps MMA_GEMV_MIN_THREADS threads streaming weights: 11008x4096 has only 256 row tiles, and
+# its 688 K tiles split into 8 half-warps (34.8 us) or 43 (18.1 us), not 16.
+MMA_GEMV_KY = 16
+MMA_GEMV_MIN_THREADS = 64 * 1024
+MMA_GEMV_MAX_KY = 64
+
+
+def mma_gemv_config(n_tiles: int, k_tiles: int) -> MmaGemvConfig | None:
+    """The default GEMV config for ``n_tiles`` x ``k_tiles`` 16x16 weight tiles, or None when K/16 is odd."""
+    fitting = [ky for ky in range(1, MMA_GEMV_MAX_KY + 1) if fits_tiles(n_tiles, k_tiles, ky, 1, 1)]
+    if not fitting:
+        return None
+    busy = [ky for ky in fitting if n_tiles * ky * 16 >= MMA_GEMV_MIN_THREADS] or [max(fitting)]
+    return MmaGemvConfig(ky=min(busy, key=lambda ky: abs(math.log2(ky / MMA_GEMV_KY))))
 
 
 def mma_gemv_plan(op: W4A16Op) -> Plan | None:
     """The GEMV plan on ``"mma"`` weights for a static small ``op.m`` (what a model's single-token decode
-    calls: the same weights as its tensor-core kernels), or None when no config tiles the shape."""
+    calls: the same weights as its tensor-core kernels), or None when the shape does not tile."""
     if op.m is None or op.n % 16 or op.k % 16:
         return None
-    for config in MMA_GEMV_CONFIGS:
-        if fits_tiles(op.n // 16, op.k // 16, **asdict(config)):
-            return Plan(W4A16MmaGemv(), op.with_layout("mma").with_reduction("word"), config)
-    return None
+    config = mma_gemv_config(op.n // 16, op.k // 16)
+    if config is None:
+        return None
+    return Plan(W4A16MmaGemv(), op.with_layout("mma").with_reduction("word"), config)
 
 
 def _tensor_cores_fit(op: W4A16Op) -> bool:

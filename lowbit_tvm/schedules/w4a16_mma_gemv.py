@@ -4,12 +4,13 @@ It reads the same ``"mma"`` weights as ``W4A16TensorCore``, so a model keeps one
 still decodes single tokens at GEMV speed. The op is ``reduction="word"`` on ``"mma"`` weights: a ``dot`` is
 the fp16 sum of 16 codes of one tile row with the tile's 16 activations.
 
-Threads: ``threadIdx.y`` (8) is the tile row pair ``(r, r + 8)``: lanes ``4r .. 4r + 3`` of every tile, one
-16-byte load per tile; ``threadIdx.x`` (``tx``) splits the K tiles, so a warp reads ``tx * 32 / 8`` whole
-tiles' worth of contiguous 16-byte pieces (every 32-byte sector fully used); ``threadIdx.z`` (``ty``) takes
-``ty`` 16-row tiles per block. Each thread loads ``tiles`` K tiles per step (independent loads in flight),
-tensorizes their dots (``gemv_intrinsics.MMA_DOT``) and keeps fp32 sums for its two rows, which a warp
-shuffle reduction over ``threadIdx.x`` adds up. M must be static.
+Threads: a half-warp (``threadIdx.x``, 16 lanes) reads two whole 16x16 tiles of one row tile, 256 contiguous
+bytes: lane ``8t + r`` loads the 16 bytes of tile ``t`` that hold rows ``r`` and ``r + 8`` (the words of
+lanes ``4r .. 4r + 3``), so every load instruction of a warp covers 512 contiguous bytes. ``ky`` half-warps
+(``threadIdx.y``) split the K tiles, ``ty`` row tiles (``threadIdx.z``) share a block, and each thread makes
+``tiles`` such loads per loop iteration. A thread tensorizes its dots (``gemv_intrinsics.MMA_DOT``) and keeps
+fp32 sums for its two rows; the partial sums meet in shared memory, where 16 lanes per row tile add them up.
+M must be static.
 """
 from dataclasses import dataclass
 
@@ -23,9 +24,9 @@ from .rule import ScheduleRule, find_block, read_index
 class MmaGemvConfig:
     """Knobs of the GEMV on tensor-core-layout weights."""
 
-    tx: int = 32  # threads splitting the K tiles
+    ky: int = 8  # half-warps splitting the K tiles (each reads two whole tiles, 256 contiguous bytes, per step)
     ty: int = 1  # 16-row tiles per block
-    tiles: int = 1  # K tiles per thread per step
+    tiles: int = 1  # steps per thread per loop iteration (independent loads in flight)
     unroll: int = 64  # auto-unroll limit
 
 
@@ -34,7 +35,7 @@ class W4A16MmaGemv(ScheduleRule):
 
     name = "w4a16-mma-gemv"
     Config = MmaGemvConfig
-    SPACE = {"tx": (4, 8, 16, 32), "ty": (1, 2, 4), "tiles": (1, 2, 4), "unroll": (0, 16, 64)}
+    SPACE = {"ky": (4, 8, 16, 32, 64), "ty": (1, 2), "tiles": (1, 2), "unroll": (0, 16, 64)}
 
     def schedule(self, sch, target, tunable=False, config=None):
         dot, matmul, cast = find_block(sch, DOT), find_block(sch, MATMUL), find_block(sch, CAST)
@@ -48,25 +49,30 @@ class W4A16MmaGemv(ScheduleRule):
         if all(isinstance(v, int) for v in knob.values()) and not fits_tiles(*shape, **knob):
             raise ValueError(f"GEMV config {knob} does not tile N/16={shape[0]}, K/16={shape[1]} exactly")
         bx, tz = sch.split(nt, [None, knob["ty"]])
-        ko, ki, tx = sch.split(kt, [None, knob["tiles"], knob["tx"]])
-        sch.reorder(bx, tz, r, half, i, ko, ki, tx)
-        rf = sch.rfactor(tx, factor_axis=0)
-        self._schedule_partial_sums(sch, rf, dot, find_block(sch, ASUM), knob)
-        self._schedule_reduction(sch, matmul, cast, rf, knob)
+        ko, ki, ky, pair = sch.split(kt, [None, knob["tiles"], knob["ky"], 2])
+        kf = sch.fuse(ky, pair)
+        sch.reorder(bx, tz, kf, r, half, i, ko, ki)
+        rf = sch.rfactor(kf, factor_axis=0)
+        self._partial_sums(sch, rf, dot, find_block(sch, ASUM), knob)
+        self._reduction(sch, matmul, cast, rf)
         return True
 
     @staticmethod
-    def _schedule_partial_sums(sch, rf, dot, asum, knob):
-        bx, tz, r, half, i, ko, ki, tx = sch.get_loops(rf)
-        sch.reorder(bx, tz, r, tx, ko, ki, half, i)
+    def _partial_sums(sch, rf, dot, asum, knob):
+        bx, tz, kf, r, half, i, ko, ki = sch.get_loops(rf)
+        ky, kl = sch.split(kf, [knob["ky"], 2])
+        sch.reorder(bx, tz, ky, kl, r, ko, ki, half, i)
+        lane = sch.fuse(kl, r)
         sch.annotate(ko, "pragma_auto_unroll_max_step", knob["unroll"])
         sch.annotate(ko, "pragma_unroll_explicit", 1)
         sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE)
         sch.bind(bx, "blockIdx.x")
         sch.bind(tz, "threadIdx.z")
-        sch.bind(r, "threadIdx.y")
-        sch.bind(tx, "threadIdx.x")
-        sch.set_scope(rf, 0, "local")
+        sch.bind(ky, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        local = sch.cache_write(rf, 0, "local")
+        sch.reverse_compute_at(local, lane)
+        sch.set_scope(local, 0, "shared")
         sch.compute_at(dot, ki)
         sch.set_scope(dot, 0, "local")
         consumers = [dot] if asum is None else [dot, asum]
@@ -82,28 +88,23 @@ class W4A16MmaGemv(ScheduleRule):
         sch.vectorize(vec)
         gemv_intrinsics.register()
         sch.tensorize(sch.get_loops(dot)[-1], gemv_intrinsics.MMA_DOT)
-        for loop in sch.get_loops(rf)[-3:]:  # tile, row half, batch row: registers need constant indices
+        for loop in sch.get_loops(rf)[-2:]:  # row half, batch row
             sch.unroll(loop)
         sch.decompose_reduction(rf, ko)
 
     @staticmethod
-    def _schedule_reduction(sch, matmul, cast, rf, knob):
+    def _reduction(sch, matmul, cast, rf):
         bx = sch.get_loops(rf)[0]
         sch.reverse_compute_at(matmul, bx, preserve_unit_loops=True)
-        tx, i, tz, half, r = sch.get_loops(matmul)[-5:]
-        sch.reorder(tz, r, half, i, tx)
+        kf, i, tz, half, r = sch.get_loops(matmul)[-5:]
+        sch.reorder(tz, half, r, i, kf)
+        rows = sch.fuse(half, r)
         sch.bind(tz, "threadIdx.z")
-        sch.bind(r, "threadIdx.y")
-        sch.bind(tx, "threadIdx.x")
+        sch.bind(rows, "threadIdx.x")
         sch.set_scope(matmul, 0, "local")
-        sch.reverse_compute_at(cast, bx, preserve_unit_loops=True)
-        i, j = sch.get_loops(cast)[-2:]
-        tz, half, r = sch.split(j, [knob["ty"], 2, 8])
-        sch.reorder(tz, r, half, i)
-        sch.bind(tz, "threadIdx.z")
-        sch.bind(r, "threadIdx.y")
+        sch.reverse_compute_at(cast, rows, preserve_unit_loops=True)
 
 
-def fits_tiles(n_tiles, k_tiles, tx, ty, tiles, **_):
-    """Whether a config tiles ``n_tiles`` 16-row tiles and ``k_tiles`` 16-wide K tiles exactly."""
-    return n_tiles % ty == 0 and k_tiles % (tx * tiles) == 0
+def fits_tiles(n_tiles, k_tiles, ky, ty, tiles, **_):
+    """Whether a config tiles ``n_tiles`` 16-row tiles and ``k_tiles`` 16-wide K tiles exactly (and fits a block)."""
+    return n_tiles % ty == 0 and k_tiles % (2 * ky * tiles) == 0 and 16 * ky * ty <= 1024
