@@ -1,7 +1,8 @@
 """Sweep tensor-core configs of the W4A16 kernel: build here (CPU + nvcc), time on the GPU.
 
     python benchmarks/sweep_w4a16.py build OUT KxN M [M ...]   # writes OUT/<name>.so + OUT/sweep.json
-    python benchmarks/sweep_w4a16.py time OUT                  # on the GPU: check vs float64, time, table
+    python benchmarks/sweep_w4a16.py build OUT KxN M --chunk I/N   # only candidates I, I+N, ... (parallel builds)
+    python benchmarks/sweep_w4a16.py time OUT [OUT ...]        # on the GPU: check vs float64, time, table
     python benchmarks/sweep_w4a16.py record ARCH TIMED.json... # best config per workload -> tuning_logs/ARCH
 
 A manual look at the space MetaSchedule searches, to pick better rule defaults; every timed kernel is
@@ -35,9 +36,45 @@ def candidates(m):
     elif m <= 64:
         shapes_m, shapes_n, steps = [(1, 4), (2, 2)], [(4, 2), (4, 1), (2, 2)], [(4, 2), (2, 3)]
     else:
-        shapes_m, shapes_n, steps = [(2, 4)], [(2, 4), (4, 2)], [(4, 2)]
+        yield from _large_m_candidates(m)
+        return
     for (wm, tm), (wn, tn), (ki, pf), split in itertools.product(shapes_m, shapes_n, steps, (1, 2, 4, 8)):
         yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split), "flat"
+
+
+# M >= 128 (compute-bound): block tiles of 64-256 rows, warp tiles up to 64x64 (at most 128 fp32 accumulators
+# per lane), at most 16 warps, the fp32 result tile staged in at most 200 KB of shared memory.
+LARGE_M_TILES = ((2, 4), (1, 4), (4, 2))
+LARGE_M_TILES_256 = ((4, 4), (2, 8))
+LARGE_N_TILES = ((4, 2), (2, 4), (4, 4), (2, 2))
+LARGE_STEPS = ((4, 2), (2, 3))
+
+
+def _large_m_candidates(m):
+    """Tensor-core configs at ``m`` >= 128: the tile grid above, each without split-K and with the fewest
+    K slices (up to 8) that give every SM a block (configs that do not tile a shape are dropped later),
+    all with M-block rasterization; plus the old M >= 128 default (without rasterization) for reference."""
+    # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
+
+    yield W4A16TensorCore(), TensorCoreConfig(2, 4, 4, 2, 4, 2, 1, 1), "flat"
+    tiles_m = LARGE_M_TILES + (LARGE_M_TILES_256 if m >= 256 else ())
+    for (wm, tm), (wn, tn), (ki, pf) in itertools.product(tiles_m, LARGE_N_TILES, LARGE_STEPS):
+        if wm * wn > 16 or tm * tn > 16 or (16 * wm * tm) * (16 * wn * tn) * 4 > 200 * 1024:
+            continue
+        for split in (1, 2, 4, 8):
+            yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split, 8), "flat"
+
+
+def _enough_blocks(op, config):
+    """Keep split-K only as the fewest slices that give at least one block per SM (M >= 128)."""
+    from lowbit_tvm.schedules.w4a16_dispatch import SM_COUNT  # pylint: disable=import-outside-toplevel
+
+    if op.m is None or op.m < 128 or not hasattr(config, "split_k"):
+        return True
+    blocks = -(-op.m // (16 * config.warps_m * config.tile_m)) * (op.n // (16 * config.warps_n * config.tile_n))
+    fewest = next((s for s in (1, 2, 4, 8) if blocks * s >= SM_COUNT), 8)
+    return config.split_k in (1, fewest)
 
 
 def _fits(op, rule, config):
@@ -52,7 +89,7 @@ def _fits(op, rule, config):
     return op.n % (16 * config.warps_n * config.tile_n) == 0 and steps >= 3 and op.k % (16 * config.k_inner * config.split_k) == 0
 
 
-def build(out, shape, batches):
+def build(out, shape, batches, chunk=(0, 1)):
     # pylint: disable=import-outside-toplevel
     from lowbit_tvm.codegen import build_module, export_library
     from lowbit_tvm.kernel import PASS_CONFIG, default_target
@@ -72,15 +109,19 @@ def build(out, shape, batches):
             gemv = rule.name == "w4a16-gemv"
             decode, layout = ("float32", "rows") if gemv else ("float16", "mma")
             op = W4A16Op(n, k, get_scheme("w4a16-g128"), m, decode, layout, reduction)
-            if not _fits(op, rule, config):
+            if not _fits(op, rule, config) or not _enough_blocks(op, config):
+                continue
+            if i % chunk[1] != chunk[0]:
                 continue
             sch = rule.apply(op.prim_func(), target, config=config)
             name = f"{op.name}_{i}"
             functions[name] = sch.mod["main"].with_attr("global_symbol", name)
             configs[name] = {"rule": rule.name, "layout": op.layout, "reduction": reduction, **asdict(config)}
+        if not functions:
+            continue
         with tvm.transform.PassContext(config=PASS_CONFIG):
             module = build_module(tvm.IRModule(functions), target)
-        path = out / f"w4a16_m{m}_n{n}_k{k}.so"
+        path = out / f"w4a16_m{m}_n{n}_k{k}_{chunk[0]}.so"
         export_library(module, path, overwrite=True)
         for name, config in configs.items():
             entries.append({"lib": path.name, "function": name, "m": m, "n": n, "k": k, "config": config})
@@ -88,7 +129,7 @@ def build(out, shape, batches):
         print(path.name, len(configs), "configs", path.stat().st_size // 1024, "KiB", flush=True)
 
 
-def _time_all(out, entries):
+def _time_all(entries):
     import torch  # pylint: disable=import-outside-toplevel
     import triton.testing  # pylint: disable=import-outside-toplevel
 
@@ -119,13 +160,14 @@ def _time_all(out, entries):
         scales, w64 = weights[key]["scales"], weights[key]["w64"]
         x = torch.randn(entry["m"], entry["k"], device="cuda", dtype=torch.float16)
         out_t = torch.full((entry["m"], entry["n"]), float("nan"), device="cuda", dtype=torch.float16)
-        if entry["lib"] not in libraries:
-            libraries[entry["lib"]] = load_library(out / entry["lib"])
-        fn = libraries[entry["lib"]][entry["function"]]
+        lib = Path(entry["dir"]) / entry["lib"]
+        if lib not in libraries:
+            libraries[lib] = load_library(lib)
+        fn = libraries[lib][entry["function"]]
         fn(x, packed, scales, out_t)
         ref = x.double() @ w64.T
         err = float(torch.linalg.norm(out_t.double() - ref) / torch.linalg.norm(ref))
-        us = triton.testing.do_bench(lambda: fn(x, packed, scales, out_t), warmup=25, rep=100, return_mode="median") * 1e3
+        us = triton.testing.do_bench(lambda: fn(x, packed, scales, out_t), warmup=10, rep=50, return_mode="median") * 1e3
         workload = (entry["n"], entry["k"], entry["m"])
         if workload not in fp16_us:  # cuBLAS once per workload, not once per config
             w16 = weights[key]["w16"]
@@ -140,16 +182,23 @@ def _time_all(out, entries):
         yield {**entry, "us": us, "fp16_us": fp16_us[workload], "tinygemm_us": tiny_us[workload], "rel_err": err}
 
 
-def time(out):
-    out = Path(out)
+def _tflops(row, key="us"):
+    return 2 * row["m"] * row["n"] * row["k"] / (row[key] * 1e-6) / 1e12
+
+
+def time(outs):
+    """Time every library of the sweep folders ``outs``; the rows go to ``<outs[0]>/timed.json``."""
+    outs = [Path(out) for out in outs]
+    entries = [{**entry, "dir": str(out)} for out in outs for entry in json.loads((out / "sweep.json").read_text())]
     rows = []
-    for row in _time_all(out, json.loads((out / "sweep.json").read_text())):
+    for row in _time_all(entries):
+        row.pop("dir")
         rows.append(row)
         knobs = " ".join(f"{key}={value}" for key, value in row["config"].items() if key not in ("rule", "layout"))
-        print(f"K={row['k']:6d} N={row['n']:6d} M={row['m']:4d} {knobs}: {row['us']:8.1f} us  fp16 {row['fp16_us']:7.1f}  "
-              f"x{row['fp16_us'] / row['us']:.2f}  tinygemm {row['tinygemm_us']:7.1f} x{row['tinygemm_us'] / row['us']:.2f}  "
-              f"err {row['rel_err']:.1e}", flush=True)
-    (out / "timed.json").write_text(json.dumps(rows, indent=1))
+        print(f"K={row['k']:6d} N={row['n']:6d} M={row['m']:4d} {knobs}: {row['us']:8.1f} us {_tflops(row):5.0f} TFLOP/s  "
+              f"fp16 {row['fp16_us']:7.1f} ({_tflops(row, 'fp16_us'):4.0f})  x{row['fp16_us'] / row['us']:.2f}  "
+              f"tinygemm {row['tinygemm_us']:7.1f} x{row['tinygemm_us'] / row['us']:.2f}  err {row['rel_err']:.1e}", flush=True)
+    (outs[0] / "timed.json").write_text(json.dumps(rows, indent=1))
     best = {}
     for row in rows:
         key = (row["k"], row["n"], row["m"])
@@ -157,8 +206,8 @@ def time(out):
             best[key] = row
     print("best per workload:")
     for key, row in sorted(best.items()):
-        print(key, row["config"], f"{row['us']:.1f} us x{row['fp16_us'] / row['us']:.2f} vs fp16, "
-              f"x{row['tinygemm_us'] / row['us']:.2f} vs tinygemm")
+        print(key, row["config"], f"{row['us']:.1f} us ({_tflops(row):.0f} TFLOP/s) x{row['fp16_us'] / row['us']:.2f} "
+              f"vs fp16 ({_tflops(row, 'fp16_us'):.0f} TFLOP/s), x{row['tinygemm_us'] / row['us']:.2f} vs tinygemm")
 
 
 def record(arch, timed_files):
@@ -200,8 +249,14 @@ def record(arch, timed_files):
 
 if __name__ == "__main__":
     if sys.argv[1] == "build":
-        build(sys.argv[2], sys.argv[3], [int(v) for v in sys.argv[4:]])
+        args, options = sys.argv[2:], {"--chunk": "0/1"}
+        for option in options:
+            if option in args:
+                options[option] = args.pop(args.index(option) + 1)
+                args.remove(option)
+        chunk = tuple(int(v) for v in options["--chunk"].split("/"))
+        build(args[0], args[1], [int(v) for v in args[2:]], chunk)
     elif sys.argv[1] == "record":
         record(sys.argv[2], sys.argv[3:])
     else:
-        time(sys.argv[2])
+        time(sys.argv[2:])

@@ -34,8 +34,14 @@ class Plan:
 
 
 # Per batch size (rows up to the key): (warps_m, tile_m), then (warps_n, tile_n) choices best first.
-# From an H100 sweep with benchmarks/sweep_w4a16.py.
-_M_TILES = ((16, (1, 1)), (32, (1, 2)), (64, (1, 4)), (None, (2, 4)))
+# From H100 sweeps with benchmarks/sweep_w4a16.py. Above 64 rows too, 64-row blocks of 4 warps (each 64x32)
+# with M-block rasterization were the fastest or within 3% of it at M=128 and 256 on the six Llama shapes
+# (one exception: 28672x8192 at M=256, 10% behind); in the bench 0-24% faster than the former 128x128 blocks
+# of 8 warps, except 28672x8192 (1-4% slower).
+_M_TILES = ((16, (1, 1)), (32, (1, 2)), (64, (1, 4)), (None, (1, 4)))
+# Dynamic M above 64 rows keeps the former 128-row blocks of 8 warps: without a static M the blocks cannot be
+# rasterized, and the 64-row blocks were up to 1.7x slower there (28672x8192 at M=128: 266.9 -> 460.0 us).
+_DYNAMIC_LARGE_M_TILES = (2, 4)
 _N_TILES = {16: ((4, 1), (2, 1), (1, 1)), 32: ((4, 1), (2, 1), (1, 1)),
             64: ((4, 2), (4, 1), (2, 1), (1, 1)), None: ((4, 2), (2, 2), (4, 1), (2, 1), (1, 1))}
 
@@ -90,12 +96,15 @@ def tensor_core_config(op: W4A16Op, m: int | None = None) -> TensorCoreConfig:
     m = m or op.m or 64
     bucket = _bucket(m)
     warps_m, tile_m = dict(_M_TILES)[bucket]
+    if op.m is None and bucket is None:
+        warps_m, tile_m = _DYNAMIC_LARGE_M_TILES
     warps_n, tile_n = _n_tiles(op.n, bucket)
     blocks = -(-m // (16 * warps_m * tile_m)) * (op.n // (16 * warps_n * tile_n))
     wanted = 2 * SM_COUNT if m <= 64 else SM_COUNT
     inner_choices = (8, 4) if m <= 32 else (4,)
     split, k_inner = _k_plan(op.k // 16, blocks, wanted, inner_choices)
-    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2, split)
+    # raster 8: up to 8 M blocks of one weight tile run side by side and share it through L2
+    return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2, split, 8)
 
 
 # Word-GEMV configs (tx, ty, vec, unroll, rows), best first; the first that tiles N and K/8 exactly is used,

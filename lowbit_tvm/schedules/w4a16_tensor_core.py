@@ -7,11 +7,14 @@ with ``cp.async``, ``prefetch`` steps ahead of the math (software pipeline). Per
 loads its activation fragments with ``ldmatrix``, and each lane reads one word per weight tile and decodes
 it in registers (``lowbit_decode_mma``: half2 exponent trick and scale) right before ``mma.sync``
 m16n8k16 with fp32 accumulators. Decoded weights never touch shared memory. Each warp owns
-``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block.
+``tile_m x tile_n`` 16x16 accumulator tiles; ``warps_m x warps_n`` warps share a block. With static M,
+``raster`` M blocks of one weight tile take consecutive block indices (the weight tile is read from HBM
+once, the others hit L2); results are staged through a padded shared tile on their way out.
 """
 from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, MATMUL
+from ..tvm_api import tirx
 from . import intrinsics
 from .rule import ScheduleRule, find_block, spread_copy, spread_store
 
@@ -27,6 +30,7 @@ class TensorCoreConfig:
     k_inner: int = 4  # K step = 16 * k_inner
     prefetch: int = 2  # K steps the async copies run ahead (pipeline stages - 1)
     split_k: int = 1  # K slices computed by separate blocks, summed by a second small kernel
+    raster: int = 1  # M blocks of one weight tile on consecutive blockIdx.x (they share it through L2)
 
 
 def _index_map(i, j):
@@ -39,14 +43,32 @@ def _index_map_sliced(s, i, j):
     return (s, *_index_map(i, j))
 
 
+def _rasterize(sch, bi, bj, raster):
+    """The fused block loop over (M block ``bi``, N block ``bj``).
+
+    Groups of up to ``raster`` M blocks (the largest count that divides a static number of M blocks)
+    take consecutive block indices per N block, so the blocks that read one weight tile run together
+    and all but the first read it from L2 instead of HBM (the weights are the large operand; a group's
+    activation rows stay in L2). Dynamic M keeps M-major order.
+    """
+    extent = sch.get(bi).extent
+    group = max(g for g in range(1, raster + 1) if extent.value % g == 0) if isinstance(extent, tirx.IntImm) else 1
+    if group == 1:
+        return sch.fuse(bi, bj)
+    bo, bi = sch.split(bi, [None, group])
+    sch.reorder(bo, bj, bi)
+    return sch.fuse(bo, bj, bi)
+
+
 class W4A16TensorCore(ScheduleRule):
     """Tensor-core rule for the W4A16 operator (fp16 decode, weights in the ``"mma"`` layout)."""
 
     name = "w4a16-tensor-core"
     Config = TensorCoreConfig
     # warps_m and tile_m size the M padding, prefetch sits in a list annotation and split_k decides
-    # whether the function has a second (reduction) kernel: all need plain ints.
-    FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch", "split_k")
+    # whether the function has a second (reduction) kernel and raster is fitted to the M blocks: all need plain
+    # ints.
+    FIXED_WHEN_TUNING = ("warps_m", "tile_m", "prefetch", "split_k", "raster")
     SPACE = {
         "warps_m": (1, 2, 4),
         "warps_n": (2, 4, 8),  # warps_n = tile_n = 1 changes the loop structure: traces would not replay
@@ -119,7 +141,7 @@ class W4A16TensorCore(ScheduleRule):
         bj, wj, tj = sch.split(j, [None, knob["warps_n"], knob["tile_n"]])
         k0, k1 = sch.split(k, [None, knob["k_inner"]])
         sch.reorder(bi, bj, wi, wj, k0, k1, ti, tj)
-        sch.bind(sch.fuse(bi, bj), "blockIdx.x")
+        sch.bind(_rasterize(sch, bi, bj, knob["raster"]), "blockIdx.x")
         if k_split is not None:
             sch.bind(k_split, "blockIdx.y")
         warp = sch.fuse(wi, wj)
@@ -160,6 +182,8 @@ class W4A16TensorCore(ScheduleRule):
         a_warp = sch.cache_read(outer, 0, "warp")
         sch.compute_at(a_warp, loops["k1"])
         staged = sch.cache_write(outer, 0, "shared.dyn")
+        # Rows 8 floats apart in banks: the fragment stores (8 rows x 8 columns per warp) conflict at most 2-way.
+        sch.storage_align(staged, 0, axis=-2, factor=32, offset=8)
         acc = sch.cache_write(outer, 0, "warp")
         sch.reverse_compute_at(acc, loops["warp"])
         sch.reverse_compute_at(staged, loops["warp"])
