@@ -110,4 +110,16 @@ def plan_linear(m: int, n: int, k: int, scheme: AtomScheme, config: IntGemmConfi
         out_config = IntGemmConfig(config.warps_m, config.warps_n, config.tile_m, config.tile_n, k_inner, config.prefetch)
         out = IntGemmOp(n, scheme.outliers, 8, scheme.outliers, m_pad, True)
         gemms.append((out, out_config))
-    return LinearPlan(scheme, m, n, k, quant, ActQuantConfig(), tuple(gemms))
+    return LinearPlan(scheme, m, n, k, quant, act_quant_config(m_pad), tuple(gemms))
+
+
+# Threads per token row of the quantize kernel (one block per row, vec 4): 1024 up to ACT_QUANT_WIDE_ROWS rows
+# (each thread then gathers a quarter of what 256 threads did: at K=28672 65.0 -> 28.2 us for 128 rows, H100,
+# benchmarks/results/nvidia_h100_80gb_hbm3/act_quant.json), 512 above (more rows than one wave of 1024-thread
+# blocks: 512 was the fastest at 1024 and 4096 rows on every K measured).
+ACT_QUANT_WIDE_ROWS = 512
+
+
+def act_quant_config(rows: int) -> ActQuantConfig:
+    """The quantize kernel's config for ``rows`` (padded) token rows."""
+    return ActQuantConfig(threads=1024 if rows <= ACT_QUANT_WIDE_ROWS else 512, vec=4)

@@ -24,7 +24,7 @@ class ActQuant(ScheduleRule):
 
     name = "a8-quantize"
     Config = ActQuantConfig
-    SPACE = {"threads": (128, 256, 512), "vec": (1, 2, 4)}
+    SPACE = {"threads": (256, 512, 1024), "vec": (1, 2, 4)}
 
     def schedule(self, sch, target, tunable=False, config=None):
         blocks = [find_block(sch, name) for name in (GATHER, AMAX, QUANT)]
