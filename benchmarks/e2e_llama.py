@@ -1,12 +1,12 @@
-"""End-to-end decode/prefill speed of the Relax Llama (fp16 vs W4A16) against HF transformers fp16 eager.
+"""End-to-end decode/prefill speed of the Relax Llama (fp16, W4A16, BCQ 3/4-bit) against HF transformers fp16 eager.
 
 Two steps, because the GPU machine has no room for checkpoints and building is CPU work:
 
     python benchmarks/e2e_llama.py build OUT_DIR [--preset llama-2-7b]   # CPU: nvcc, writes OUT_DIR/*.so
     python benchmarks/e2e_llama.py time OUT_DIR RESULT.json              # GPU: random weights, timings
 
-Weights are random (speed does not depend on their values): W4A16 codes and scales are drawn directly
-in the kernel's layout on the GPU.
+Weights are random (speed does not depend on their values): quantized codes, scales, bit planes and alphas
+are drawn directly in the kernels' layouts on the GPU.
 """
 import argparse
 import json
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-SCHEMES = ("fp16", "w4a16-g128")
+SCHEMES = ("fp16", "w4a16-g128", "bcq3-g128", "bcq4-g128")
 BATCHES = (1, 16, 64)
 CONTEXT = 128  # tokens already in each sequence's cache when decode is timed
 PREFILL = 512
@@ -162,13 +162,13 @@ def profile(lib_dir: Path, scheme: str, batch: int, out_txt: Path) -> None:
 
 
 def time_all(lib_dir: Path, out_json: Path) -> None:
-    """Time every built scheme and HF fp16 in one process; write the records."""
+    """Time every scheme built in ``lib_dir`` and HF fp16 in one process; write the records."""
     import torch  # pylint: disable=import-outside-toplevel
 
     preset = json.loads((lib_dir / f"{SCHEMES[0]}.json").read_text())["preset"]
     records = []
     gpu = torch.cuda.get_device_name()
-    for scheme in SCHEMES:
+    for scheme in [name for name in SCHEMES if (lib_dir / f"{name}.so").exists()]:
         records.append({"engine": f"lowbit_tvm-{scheme}", "preset": preset, "gpu": gpu, **_ours(lib_dir, scheme)})
     records.append({"engine": "hf-transformers-fp16-eager", "preset": preset, "gpu": gpu, **_hf(preset)})
     out_json.write_text(json.dumps(records, indent=1))

@@ -1,6 +1,13 @@
 """Perplexity of SmolLM2-135M with its linear layers quantized by each scheme (CPU, HF transformers).
 
-Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym bcq3 abcq3 ...] [--windows 56]
+Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym bcq3 abcq3 wiki-gptq-asym ...]
+[--windows 56] [--cal-windows 128] [--stats-cache stats.npz] [--json benchmarks/results/smollm2_perplexity.json]
+
+``wiki-<steps>-<sym|asym>``: calibrated on ``--cal-windows`` x 512 tokens of ``corpus.wiki_calibration_text``
+(Wikipedia prose, disjoint from the evaluation text) layer by layer (``lowbit_tvm.models.calibration``, what
+``lowbit-tvm build --gptq`` runs); steps joined by ``+``: ``awq`` (AWQ scales searched on the statistics), ``clip``
+(AWQ's per-group clipping), ``gptq`` (else round-to-nearest: ``rtn``), ``ao`` (GPTQ act-order, static groups),
+``seq`` (sequential: each layer calibrated on the quantized layers' outputs), e.g. ``wiki-awq+clip+gptq+ao-asym``.
 
 ``gptq-sym``/``gptq-asym``: GPTQ int4 (``lowbit_tvm.quant.gptq``) with Hessians from 8 x 512 tokens of
 ``lee.cor``. ``awq-sym``/``awq-asym``: activation-aware scales (``lowbit_tvm.quant.awq``, searched on 1024 tokens
@@ -33,15 +40,16 @@ GROUP = 128
 CALIBRATION_TOKENS = 512
 
 
-def calibration_hessians(model, windows: int = 8) -> dict:
-    """HF linear name -> summed ``X^T X`` of its inputs over ``windows`` x 512 tokens of the calibration text."""
+def calibration_hessians(model, windows: int = 8, text: str | None = None) -> dict:
+    """HF linear name -> summed ``X^T X`` of its inputs over ``windows`` x 512 tokens of ``text`` (default: the
+    calibration text ``lee.cor``)."""
     import torch  # pylint: disable=import-outside-toplevel
 
     from lowbit_tvm.models.corpus import calibration_text  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.quant.gptq import input_hessian  # pylint: disable=import-outside-toplevel
 
     hf = hf_llama(model)
-    ids = model.tokenizer().encode(calibration_text()).ids
+    ids = model.tokenizer().encode(calibration_text() if text is None else text).ids
     hessians = {}
 
     def hook(name):
@@ -115,6 +123,74 @@ def awq_weights(model, symmetric: bool) -> dict:
     return replaced
 
 
+def parse_calibrated(method: str, damping: float = 0.01):
+    """``wiki-<steps>-<sym|asym>`` (steps joined by ``+``: awq, clip, gptq, ao = act-order, seq = sequential)
+    -> CalibrationRecipe, or None for other method names."""
+    from lowbit_tvm.models.calibration import CalibrationRecipe  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import Int4Scheme  # pylint: disable=import-outside-toplevel
+
+    if not method.startswith("wiki-"):
+        return None
+    steps, _, symmetry = method[len("wiki-"):].rpartition("-")
+    steps = set(steps.split("+"))
+    unknown = steps - {"awq", "clip", "gptq", "ao", "seq", "rtn"}
+    if unknown or symmetry not in ("sym", "asym"):
+        raise SystemExit(f"unknown calibrated method {method!r}: steps awq, clip, gptq, ao, seq, rtn; sym or asym")
+    return CalibrationRecipe(Int4Scheme(GROUP, symmetry == "sym"), gptq="gptq" in steps, awq="awq" in steps,
+                             clip="clip" in steps, act_order="ao" in steps, sequential="seq" in steps,
+                             damping=damping)
+
+
+def wiki_windows(model, windows: int):
+    """``windows`` x 512 calibration tokens spread over the Wikipedia text (never the evaluation text)."""
+    from lowbit_tvm.models.calibration import calibration_windows  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.corpus import wiki_calibration_text  # pylint: disable=import-outside-toplevel
+
+    return calibration_windows(model.tokenizer().encode(wiki_calibration_text()).ids, windows)
+
+
+def calibrated_weights(model, recipe, windows, stats=None) -> dict:
+    """The dequantized weights that ``recipe`` changes, calibrated on ``windows`` (or on the float model's
+    per-layer ``stats`` when given and the recipe is not sequential)."""
+    # pylint: disable-next=import-outside-toplevel
+    from lowbit_tvm.models.calibration import calibrate, dequantized, quantize_layer
+
+    if stats is None or recipe.sequential:
+        out = calibrate(model.config, model.weights, windows, recipe, progress=_progress)
+    else:
+        out = dict(model.weights)
+        for layer, layer_stats in enumerate(stats):
+            quantize_layer(out, layer, layer_stats, recipe, lambda _: False)
+    return {name: w for name, w in dequantized(out, model.weights).items() if w is not model.weights[name]}
+
+
+def _progress(layers):
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    return tqdm(layers, desc="calibrating", unit="layer")
+
+
+def float_statistics(model, windows, cache: Path | None = None) -> list:
+    """Per decoder layer, the float model's ``{input: InputStats}`` on ``windows`` (read from / written to
+    ``cache``, an .npz, when given)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.calibration import InputStats, layer_statistics  # pylint: disable=import-outside-toplevel
+
+    if cache is not None and cache.exists():
+        data = np.load(cache)
+        layers = model.config["num_hidden_layers"]
+        names = sorted({key.split("/")[1] for key in data.files})
+        return [{name: InputStats(data[f"{l}/{name}/h"].astype(np.float64), data[f"{l}/{name}/a"],
+                                  int(data[f"{l}/{name}/t"])) for name in names} for l in range(layers)]
+    stats = [s for _, s in layer_statistics(model.config, model.weights, windows, _progress)]
+    if cache is not None:
+        np.savez(cache, **{f"{l}/{name}/{key}": value for l, layer in enumerate(stats) for name, st in layer.items()
+                           for key, value in (("h", st.hessian.astype(np.float32)), ("a", st.abs_sum),
+                                              ("t", np.array(st.tokens)))})
+    return stats
+
+
 def perplexity_with(model, replaced: dict, ids, windows: int):
     """Perplexity of ``model`` with the weights in ``replaced`` swapped in."""
     original = dict(model.weights)
@@ -133,7 +209,12 @@ def main():
     parser.add_argument("--windows", type=int, default=56)
     parser.add_argument("--iterations", type=int, default=10, help="BCQ refinement rounds")
     parser.add_argument("--damping", type=float, default=0.01, help="GPTQ Hessian damping (fraction of mean diagonal)")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cal-windows", type=int, default=128,
+                        help="wiki-* methods: calibration windows of 512 tokens of the Wikipedia text")
+    parser.add_argument("--stats-cache", type=Path, default=None,
+                        help="wiki-* methods: an .npz caching the float model's calibration statistics")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="add each record to this JSON list as it is measured (replacing the same method's)")
     args = parser.parse_args()
     model = load_gguf_llama(find_smollm2_gguf())
     ids = model.tokenizer().encode(lee_corpus_text()).ids
@@ -147,10 +228,22 @@ def main():
         hessians = calibration_hessians(model)
         fns["gptq-sym"] = gptq(True, hessians, args.damping)
         fns["gptq-asym"] = gptq(False, hessians, args.damping)
+    recipes = {method: parse_calibrated(method, args.damping) for method in args.methods}
+    windows, stats = None, None
+    if any(r is not None and (r.sequential or not (args.stats_cache and args.stats_cache.exists()))
+           for r in recipes.values()):
+        windows = wiki_windows(model, args.cal_windows)
+    if any(r is not None and not r.sequential for r in recipes.values()):
+        stats = float_statistics(model, windows, args.stats_cache)
+        if stats[0]["attn_in"].tokens != 512 * args.cal_windows:
+            raise SystemExit(f"{args.stats_cache} holds {stats[0]['attn_in'].tokens} tokens, not --cal-windows "
+                             f"{args.cal_windows} x 512")
     records = []
     for method in args.methods:
         start = time.time()
-        if method.startswith("awq"):
+        if recipes[method] is not None:
+            replaced = calibrated_weights(model, recipes[method], windows, stats)
+        elif method.startswith("awq"):
             replaced = awq_weights(model, method == "awq-sym")
         else:
             replaced = {} if method == "fp" else {
@@ -159,15 +252,28 @@ def main():
         result = perplexity_with(model, replaced, ids, args.windows)
         records.append({"method": method, "group": GROUP, "perplexity": result.perplexity,
                         "scored_tokens": result.scored_tokens})
+        if recipes[method] is not None:
+            records[-1].update(damping=recipes[method].damping,
+                               calibration=f"wiki_calibration_text, {args.cal_windows} windows x 512 tokens"
+                                           + (", sequential" if recipes[method].sequential else ""))
         print(f"{method}: perplexity {result.perplexity:.2f} over {result.scored_tokens} tokens "
               f"({time.time() - start:.0f} s)", flush=True)
+        if args.json:
+            write_records(args.json, records[-1:])
     print("\n| method (group 128) | perplexity | vs fp |\n|---|---|---|")
     base = next((r["perplexity"] for r in records if r["method"] == "fp"), None)
     for r in records:
         rel = f"{(r['perplexity'] / base - 1) * 100:+.1f} %" if base else ""
         print(f"| {r['method']} | {r['perplexity']:.2f} | {rel} |")
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+
+
+def write_records(path: Path, records: list) -> None:
+    """Merge ``records`` into the JSON list at ``path``: a record replaces the one of the same method and
+    calibration, others are kept."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    key = lambda r: (r["method"], r.get("calibration"), r.get("damping"))  # noqa: E731
+    new = {key(r) for r in records}
+    path.write_text(json.dumps([r for r in old if key(r) not in new] + records, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from .ops.w4a16 import W4A16Op
 from .quant import QuantizedWeight
 from .quant.mma_layout import to_mma_layout
 from .schedules.w4a16_dispatch import Plan, ShapeError, mma_gemv_plan, plan, tensor_core_config
-from .tvm_api import tvm
+from .tvm_api import IS_SCHEDULED, tvm
 
 # Batch-size buckets of a dynamic-M kernel: one tensor-core function per bucket (its tiles sized for
 # that many rows); the last also serves every larger batch.
@@ -265,7 +265,7 @@ def graph_function(op: W4A16Op, target, m_hint: int = 64):
             func = _cuda_graph_function(op, target, m_hint)
         else:
             func = graph_variant(op, target).prim_func()
-        attrs = {"op_pattern": OPAQUE_PATTERN, "tir.is_scheduled": target.kind.name == "cuda"}
+        attrs = {"op_pattern": OPAQUE_PATTERN, IS_SCHEDULED: target.kind.name == "cuda"}
         _GRAPH_FUNCTIONS[key] = func.with_attr(attrs).without_attr("global_symbol")
     return _GRAPH_FUNCTIONS[key]
 

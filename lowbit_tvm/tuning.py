@@ -5,6 +5,7 @@ The search space of a workload is its rule applied with ``tunable=True``: every 
 xgboost imports, random otherwise). Only the best record per workload is kept in the committed
 database.
 """
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from .kernel import PASS_CONFIG
 from .ops.w4a16 import W4A16Op
 from .schedules.w4a16_dispatch import plan
+from .tuning_build import build_plain
 from .tvm_api import ms, tvm
 
 TUNING_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
@@ -63,17 +65,6 @@ def cost_model_name() -> str:
         return "random"
 
 
-def _space(op: W4A16Op, target):
-    chosen = plan(op)
-
-    def space(sch):
-        if not chosen.rule.schedule(sch, target, tunable=True):
-            raise ValueError(f"rule {chosen.rule.name} does not apply to {op.name}")
-        return sch
-
-    return chosen, space
-
-
 def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path | None = None):
     """Tune one workload and add its best record to the database in ``out_dir``.
 
@@ -95,21 +86,110 @@ def tune_op(op: W4A16Op, target, out_dir: Path, trials: int = 64, work_dir: Path
     float or None
         The best measured time in microseconds, None when no candidate ran.
     """
-    chosen, space = _space(op, target)
+    return tune_plan(plan(op), target, out_dir, trials, work_dir)
+
+
+def tune_plan(chosen, target, out_dir: Path, trials: int = 64, work_dir: Path | None = None):
+    """``tune_op`` for a given plan (a rule, the static-M op variant it schedules and its default config).
+
+    The search space is the rule's knobs (``plan_space``); the rule's default config is measured as a candidate too.
+    """
     func = chosen.op.prim_func()
+    builder = ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300)
+    return _tune(func, target, out_dir, trials, plan_space(chosen, target), builder,
+                 lambda db: _commit_default(db, chosen, func, target), work_dir)
+
+
+def plan_space(chosen, target):
+    """MetaSchedule's space function for ``chosen``: its rule with every knob sampled, except those in
+    ``FIXED_WHEN_TUNING``, which keep ``chosen.config``'s values."""
+    def space(sch):
+        if not chosen.rule.schedule(sch, target, tunable=True, config=chosen.config):
+            raise ValueError(f"rule {chosen.rule.name} does not apply to {chosen.op.name}")
+        return sch
+
+    return space
+
+
+def unscheduled(mod):
+    """A schedule of ``mod`` that changes nothing, with one lookup in its trace: MetaSchedule treats a record
+    with an empty trace as invalid and drops it from a pruned database."""
+    from .tvm_api import Schedule  # pylint: disable=import-outside-toplevel
+
+    sch = Schedule(mod)
+    sch.get_child_blocks(sch.get_sblock("root"))
+    return sch
+
+
+def tune_workload(mod, target, out_dir: Path, trials: int, baseline=None, work_dir: Path | None = None,
+                  strategy: str = "evolutionary"):
+    """Tune a TensorIR workload in MetaSchedule's default space for ``target``; add its best record to
+    the database in ``out_dir`` (merged: the best record per workload is kept).
+
+    Parameters
+    ----------
+    mod : tvm.IRModule or tvm.tirx.PrimFunc
+        The unscheduled workload (an extracted task's module).
+    target : tvm.target.Target
+        CUDA (candidates are timed on the local GPU) or llvm (timed on this CPU).
+    out_dir : Path
+        The database folder.
+    trials : int
+        Measured candidates.
+    baseline : tvm.s_tir.Schedule or None
+        A schedule of ``mod`` measured as one more candidate (what the build uses without a record:
+        dlight's on a GPU), so the pruned database keeps a searched schedule only where it beat it.
+    work_dir : Path or None
+        MetaSchedule's scratch folder (a temporary one by default).
+    strategy : str
+        MetaSchedule's search strategy: ``"evolutionary"`` (cost-model guided) or ``"replay-trace"``
+        (random decisions: no population to evolve, for a few trials).
+
+    Returns
+    -------
+    float or None
+        The best measured time in microseconds, None when no candidate ran.
+    """
+    workload = ms.tir_integration._normalize_mod(mod)  # pylint: disable=protected-access
+    builder = ms.builder.LocalBuilder(f_build=build_plain, timeout_sec=300)
+
+    def commit_baseline(db):
+        if baseline is not None:
+            _commit_schedule(db, workload, baseline, target, builder)
+
+    return _tune(workload, target, out_dir, trials, "post-order-apply", builder, commit_baseline, work_dir, strategy)
+
+
+def tuning_target(target):
+    """``target`` as MetaSchedule needs it: a CPU target must say how many cores it may use."""
+    if target.kind.name != "llvm" or "num-cores" in target.attrs:
+        return target
+    return tvm.target.Target(dict(target.export(), **{"num-cores": os.cpu_count() or 1}))
+
+
+def arch_key(target) -> str:
+    """The ``tuning_logs`` folder name of ``target``: the CUDA arch (``sm_90``), else the target kind."""
+    if target.kind.name == "cuda":
+        from .codegen import arch_of  # pylint: disable=import-outside-toplevel
+
+        return arch_of(target)
+    return target.kind.name
+
+
+def _tune(mod, target, out_dir, trials, space, builder, commit_extra, work_dir, strategy="evolutionary"):
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = str(work_dir or tmp)
         db = ms.tir_integration.tune_tir(
-            mod=func,
-            target=target,
-            work_dir=scratch,
+            mod=mod,
+            target=tuning_target(target),
+            work_dir=str(work_dir or tmp),
             max_trials_global=trials,
             num_trials_per_iter=min(trials, 16),
             space=space,
+            strategy=strategy,
             cost_model=cost_model_name(),
-            builder=ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300),
+            builder=builder,
         )
-        _commit_default(db, chosen, func, target)
+        commit_extra(db)
         records = db.get_all_tuning_records()
         db.dump_pruned(open_database(out_dir, create=True))
     prune(out_dir)
@@ -163,12 +243,18 @@ def _commit_default(db, chosen, func, target):
 
     sch = Schedule(func)
     chosen.rule.schedule(sch, target, tunable=False, config=chosen.config)
-    builder = ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300)
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    _commit_schedule(db, func, sch, target, ms.builder.LocalBuilder(f_build=build_with_async_copy, timeout_sec=300))
+
+
+def _commit_schedule(db, func, sch, target, builder):
+    """Build and time ``sch`` (a schedule of ``func``) on ``target``'s device; add it to ``db`` if it ran."""
+    func = ms.tir_integration._normalize_mod(func)["main"]  # pylint: disable=protected-access
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, tuning_target(target))])
     if built.error_msg:
         return
     args_info = ms.arg_info.ArgInfo.from_prim_func(func)
-    (future,) = ms.runner.LocalRunner().run([ms.runner.RunnerInput(built.artifact_path, "cuda", args_info)])
+    runner_input = ms.runner.RunnerInput(built.artifact_path, target.kind.name, args_info)
+    (future,) = ms.runner.LocalRunner().run([runner_input])
     result = future.result()
     if result.error_msg or not result.run_secs:
         return

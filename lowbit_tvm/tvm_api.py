@@ -11,14 +11,17 @@ from tvm.relax.frontend import nn as relax_nn
 from tvm.relax.frontend.nn.llm import kv_cache
 from tvm.s_tir import Schedule
 from tvm.s_tir import TensorIntrin
+from tvm.s_tir import dlight
 from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
 from tvm.target import Target
-from tvm_ffi import structural_equal
+from tvm_ffi import structural_equal, structural_hash
 
 TVM_VERSION = tvm.__version__
+# PrimFunc attribute that tells dlight and MetaSchedule a function is already scheduled (0.27 name).
+IS_SCHEDULED = "tirx.is_scheduled"
 
-__all__ = ["T", "TVM_VERSION", "kv_cache", "relax", "relax_nn", "te", "Schedule", "Target", "TensorIntrin", "ms", "s_tir", "structural_equal", "tirx", "tvm"]
+__all__ = ["IS_SCHEDULED", "T", "TVM_VERSION", "kv_cache", "relax", "relax_nn", "te", "Schedule", "Target", "TensorIntrin", "dlight", "ms", "s_tir", "structural_equal", "structural_hash", "tirx", "tvm"]
 
 
 def load_tensor_intrinsics():

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, replace
 
 from .config import LlamaConfig, ModelConfigError, get_preset
+from .recipe import DEFAULT_SKIP
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,62 @@ def with_awq_scales(checkpoint: Checkpoint, scheme, tokens: int = 1024, grid: in
     inputs = linear_inputs(config.to_json(), checkpoint.weights, ids, GROUP_INPUTS)
     weights, _ = awq_transform(checkpoint.weights, config.num_hidden_layers, inputs, scheme, grid)
     return replace(checkpoint, weights=weights)
+
+
+#: Calibration windows (512 tokens each, spread over the Wikipedia text) that ``with_gptq`` runs by default.
+GPTQ_WINDOWS = 32
+
+
+def with_gptq(checkpoint: Checkpoint, scheme, *, awq: bool = False, skip=DEFAULT_SKIP, windows: int = GPTQ_WINDOWS,
+              text: str | None = None, progress=None) -> Checkpoint:
+    """A checkpoint whose decoder linear layers are GPTQ-quantized, calibrated on Wikipedia text.
+
+    Per decoder layer (``lowbit_tvm.models.calibration``): optional AWQ scales folded into the norms and
+    ``up`` rows, then GPTQ (with the recipe of ``gptq_recipe``) on the second moments of the layer's inputs,
+    run with HF transformers on ``windows`` x 512 tokens of ``corpus.wiki_calibration_text`` (disjoint from
+    the perplexity text). The quantized layers hold ``QuantizedWeight`` values (K zero-padded as the W4A16
+    layer pads it), which ``save_model`` lays out as they are.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The float checkpoint.
+    scheme : Int4Scheme
+        The W4A16 scheme the model is built with.
+    awq : bool
+        Fold activation-aware scales in first.
+    skip : tuple of str
+        Graph layer-name patterns (``fnmatch``; fused names ``*.qkv_proj``, ``*.gate_up_proj``) kept in floating
+        point, as the build recipe's ``skip``.
+    windows : int
+        Calibration windows of 512 tokens.
+    text : str, optional
+        The calibration text (default: ``wiki_calibration_text()``; never the evaluation text).
+    progress : callable, optional
+        Wraps the iterable of decoder layers (e.g. ``tqdm``).
+
+    Raises
+    ------
+    ModelConfigError
+        If the checkpoint has no tokenizer.
+    """
+    from fnmatch import fnmatch  # pylint: disable=import-outside-toplevel
+
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+    from .calibration import calibrate, calibration_windows  # pylint: disable=import-outside-toplevel
+    from .corpus import wiki_calibration_text  # pylint: disable=import-outside-toplevel
+
+    if checkpoint.tokenizer_json is None:
+        raise ModelConfigError("GPTQ calibration needs the checkpoint's tokenizer (none was stored)")
+    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(wiki_calibration_text() if text is None else text).ids
+    weights = calibrate(checkpoint.config.to_json(), checkpoint.weights, calibration_windows(ids, windows),
+                        gptq_recipe(scheme, awq), lambda name: any(fnmatch(name, p) for p in skip), progress)
+    return replace(checkpoint, weights=weights)
+
+
+def gptq_recipe(scheme, awq: bool = False):
+    """The calibration recipe of ``with_gptq`` (the best of ``benchmarks/smollm2_perplexity.py``'s methods)."""
+    from .calibration import CalibrationRecipe  # pylint: disable=import-outside-toplevel
+
+    return CalibrationRecipe(scheme, gptq=True, awq=awq, clip=awq, act_order=True)

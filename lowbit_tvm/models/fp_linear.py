@@ -6,7 +6,7 @@ single-token decode), ``LowBatchGEMV`` for batched decode steps (``rows_hint`` <
 prefill; a shared function would get one schedule for all.
 """
 from ..kernel import OPAQUE_PATTERN
-from ..tvm_api import relax_nn as nn, te, tirx, tvm
+from ..tvm_api import IS_SCHEDULED, dlight, relax_nn as nn, te, tirx, tvm
 from .rows_hint import current_rows_hint
 
 _FUNCTIONS = {}
@@ -24,19 +24,18 @@ def _matmul_nt(k: int, n: int, dtype: str, rows: int):
     return te.create_prim_func([x, w, out])
 
 
-def _schedule(func, target, rows: int):
-    from tvm.s_tir import dlight as dl  # pylint: disable=import-outside-toplevel
-
+def schedule_for_rows(func, target, rows: int):
+    """``func`` (a matmul, possibly with a decode prologue) scheduled by dlight for about ``rows`` rows."""
     if rows == 1:
-        rules = [dl.gpu.GEMV()]
+        rules = [dlight.gpu.GEMV()]
     elif rows <= 16:
-        rules = [dl.gpu.LowBatchGEMV(), dl.gpu.Matmul()]
+        rules = [dlight.gpu.LowBatchGEMV(), dlight.gpu.Matmul()]
     else:
-        rules = [dl.gpu.Matmul()]
+        rules = [dlight.gpu.Matmul()]
     mod = tvm.IRModule({"main": func})
     with target:
-        mod = dl.ApplyDefaultSchedule(*rules, dl.gpu.Fallback())(mod)
-    return mod["main"].with_attr("tir.is_scheduled", True)
+        mod = dlight.ApplyDefaultSchedule(*rules, dlight.gpu.Fallback())(mod)
+    return mod["main"].with_attr(IS_SCHEDULED, True)
 
 
 def matmul_nt_function(k: int, n: int, dtype: str, target, rows: int):
@@ -46,7 +45,7 @@ def matmul_nt_function(k: int, n: int, dtype: str, target, rows: int):
     if key not in _FUNCTIONS:
         func = _matmul_nt(k, n, dtype, rows)
         if target.kind.name == "cuda":
-            func = _schedule(func, target, rows)
+            func = schedule_for_rows(func, target, rows)
         _FUNCTIONS[key] = func.with_attr("op_pattern", OPAQUE_PATTERN).without_attr("global_symbol")
     return _FUNCTIONS[key]
 

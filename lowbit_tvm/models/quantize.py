@@ -1,21 +1,25 @@
 """Swap a model's linear layers for low-bit ones (torchao-style ``quantize(model, scheme)``).
 
 A registry maps a scheme type to the layer class that runs it; each such class takes
-``(in_features, out_features, scheme, target)`` and has ``pack(weight) -> {param: array}``.
+``(in_features, out_features, scheme, target)`` and has ``pack(weight) -> {param: array}``. A weight that is
+already quantized (a ``QuantizedWeight``, e.g. from GPTQ: ``lowbit_tvm.models.calibration``) is laid out as it
+is instead of being quantized by round-to-nearest.
 """
 from fnmatch import fnmatch
 
 import numpy as np
 
-from ..quant import Int4Scheme
+from ..kernel import prepare_weights
+from ..quant import BCQScheme, Int4Scheme, QuantizedWeight
 from ..tvm_api import relax_nn as nn
+from .bcq_linear import BCQLinear
 from .config import ModelConfigError
 from .fp_linear import FpLinear
 from .llama import FUSED_LINEARS
 from .recipe import DEFAULT_SKIP
 from .w4a16_linear import W4A16Linear
 
-LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear}
+LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear, BCQScheme: BCQLinear}
 
 
 def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
@@ -25,7 +29,7 @@ def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
     ----------
     model : nn.Module
         A model built of ``tvm.relax.frontend.nn`` modules.
-    scheme : Int4Scheme
+    scheme : Int4Scheme or BCQScheme
         The weight quantization scheme (its type picks the layer class).
     target : tvm.target.Target
         The build target (the layers' kernels are scheduled for it).
@@ -75,13 +79,15 @@ def _submodules(module, prefix=""):
 def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
     """The model's parameter arrays in ``param_names`` order, from float weights with HF names.
 
-    Quantized layers quantize and lay out their ``<layer>.weight``; every other parameter is cast to
-    ``dtype``.
+    Quantized layers quantize and lay out their ``<layer>.weight`` (or lay out a ``QuantizedWeight`` given for
+    it: K zero-padded as the layer pads it; a fused layer's parts are stacked along the rows); every other
+    parameter is cast to ``dtype``.
 
     Raises
     ------
     ModelConfigError
-        If a weight is missing or its shape does not match the model.
+        If a weight is missing, its shape does not match the model, or a ``QuantizedWeight`` is given for a
+        floating-point layer or does not fit its layer's scheme and shape.
     """
     layers = {full: child for _, _, full, child in _submodules(model) if hasattr(child, "pack")}
     expected = dict(model.named_parameters())
@@ -91,10 +97,13 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
         layer_name, _, param = name.rpartition(".")
         if layer_name in layers:
             if layer_name not in packed:
-                packed[layer_name] = layers[layer_name].pack(_weight(weights, f"{layer_name}.weight"))
+                packed[layer_name] = _pack(layers[layer_name], layer_name, _weight(weights, f"{layer_name}.weight"))
             arrays.append(packed[layer_name][param])
             continue
         array = _weight(weights, name)
+        if isinstance(array, QuantizedWeight):
+            raise ModelConfigError(f"{name} is quantized ({array.scheme.name}) but its layer is kept in floating "
+                                   "point; quantize only the layers the recipe quantizes")
         shape = tuple(int(d) for d in expected[name].shape)
         if array.shape != shape:
             raise ModelConfigError(f"weight {name} has shape {array.shape}, the model config wants {shape}")
@@ -102,13 +111,38 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
     return arrays
 
 
-def _weight(weights: dict, name: str) -> np.ndarray:
+def _pack(layer, name: str, weight) -> dict:
+    """``layer.pack(weight)`` for a float weight; a ``QuantizedWeight`` is laid out for the layer's kernel as is."""
+    if not isinstance(weight, QuantizedWeight):
+        return layer.pack(weight)
+    op = getattr(layer, "op", None)
+    if op is None or (op.n, op.k) != weight.shape or op.scheme != weight.scheme:
+        wanted = "a float weight" if op is None else f"{op.scheme.name} of shape {(op.n, op.k)}"
+        raise ModelConfigError(f"{name}: the quantized weight is {weight.scheme.name} of shape {weight.shape}, the "
+                               f"layer takes {wanted}")
+    return dict(zip(("qweight", "scales", "zeros"), prepare_weights(op, weight)))
+
+
+def _stack(parts: list, name: str):
+    """Float parts concatenated along the rows, or quantized parts with their codes, scales and zeros stacked."""
+    quantized = [isinstance(part, QuantizedWeight) for part in parts]
+    if not any(quantized):
+        return np.concatenate(parts, axis=0)
+    if not all(quantized) or len({(p.scheme, p.shape[1]) for p in parts}) != 1:
+        raise ModelConfigError(f"the parts of fused layer {name} must be all float or all quantized alike")
+    zeros = None if parts[0].zeros is None else np.concatenate([p.zeros for p in parts])
+    return QuantizedWeight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]), zeros,
+                           parts[0].scheme, (sum(p.shape[0] for p in parts), parts[0].shape[1]))
+
+
+def _weight(weights: dict, name: str):
     """``weights[name]``, or for a fused layer (``FUSED_LINEARS``) its HF parts stacked along the rows."""
     prefix, _, param = name.rpartition(".")
     for fused, parts in FUSED_LINEARS.items():
         if name not in weights and prefix.endswith(fused):
             base = prefix[: -len(fused)]
-            return np.concatenate([_weight(weights, f"{base}{part}.{param}") for part in parts], axis=0)
+            return _stack([_weight(weights, f"{base}{part}.{param}") for part in parts], name)
     if name not in weights:
         raise ModelConfigError(f"weight {name} is missing (the weights have {len(weights)} tensors)")
-    return np.asarray(weights[name])
+    value = weights[name]
+    return value if isinstance(value, QuantizedWeight) else np.asarray(value)

@@ -13,15 +13,20 @@ the normal build path quantizes:
 - gate/up (input: the MLP's RMSNorm): likewise with the post-attention norm;
 - down (input: ``silu(gate) * up``): the rows of ``up`` are divided by ``s``, the columns of ``down`` multiplied.
 
+The search can run on the inputs' second moments ``H = X^T X`` and mean magnitudes alone (``search_scale_stats``:
+the output error is ``sqrt(tr(D H D^T))`` for a weight error ``D``), which
+``lowbit_tvm.models.calibration`` accumulates over many tokens. ``clip_grid`` is AWQ's weight clipping: per row
+and group, the range ratio whose round-to-nearest output error ``d^T H_gg d`` is smallest.
+
 ``GROUP_INPUTS`` names the layers whose inputs the search needs (see ``lowbit_tvm.models.hf_reference.linear_inputs``).
 The attention output projection is left as is (its input channels belong to query heads that share key/value
 heads, so a per-channel scale cannot be folded into ``v`` without tying heads together).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .int4 import dequantize, quantize
+from .int4 import QuantizedWeight, dequantize, quantize
 from .scheme import Int4Scheme
 
 # (layers sharing an input, scaled by s; where 1/s is folded: into a norm weight, or into the rows of a layer)
@@ -38,12 +43,17 @@ GROUP_INPUTS = tuple(names[0].split(".")[-1] for names, _ in _GROUPS)
 
 @dataclass(frozen=True)
 class ScaleChoice:
-    """The chosen scale exponent of one group of layers and what it bought on the calibration inputs."""
+    """The chosen scale of one group of layers and what it bought on the calibration inputs."""
 
     layers: tuple
     alpha: float
     error: float
     rtn_error: float
+    scale: np.ndarray = field(default=None, compare=False, repr=False)
+
+
+# Clipping ratios tried per row and group (AWQ's grid: 1.0 down to 0.55).
+CLIP_RATIOS = tuple(1.0 - i / 20 for i in range(10))
 
 
 def rtn_reconstruction(w: np.ndarray, scheme: Int4Scheme) -> np.ndarray:
@@ -52,6 +62,12 @@ def rtn_reconstruction(w: np.ndarray, scheme: Int4Scheme) -> np.ndarray:
     step = k if scheme.group_size < 0 else scheme.group_size
     padded = np.pad(w, ((0, 0), (0, -k % step)))
     return dequantize(quantize(padded, scheme))[:, :k]
+
+
+def output_error(diff: np.ndarray, hessian: np.ndarray) -> float:
+    """``||X diff^T||_F`` from the inputs' second moments ``hessian = X^T X`` (float32 products)."""
+    d = diff.astype(np.float32)
+    return float(np.sqrt(max(np.sum((d @ hessian.astype(np.float32)) * d, dtype=np.float64), 0.0)))
 
 
 def search_scale(x: np.ndarray, w: np.ndarray, scheme: Int4Scheme, grid: int = 20):
@@ -63,20 +79,100 @@ def search_scale(x: np.ndarray, w: np.ndarray, scheme: Int4Scheme, grid: int = 2
         The scale [K], its exponent, the output error ``||x w^T - x (Q(w s) / s)^T|| / ||x w^T||`` with it,
         and the same error of plain round-to-nearest.
     """
-    magnitude = np.abs(x).mean(axis=0) + 1e-8
-    reference = x @ w.T
-    norm = np.linalg.norm(reference)
+    x = np.asarray(x, dtype=np.float64)
+    return _search(lambda diff: float(np.linalg.norm(x @ diff.T)), np.abs(x).mean(axis=0), w, scheme, grid)
+
+
+def search_scale_stats(hessian: np.ndarray, mean_abs: np.ndarray, w: np.ndarray, scheme: Int4Scheme, grid: int = 20):
+    """``search_scale`` from input statistics: ``hessian = X^T X`` [K, K] and ``mean_abs = mean |x|`` [K] (its
+    cost does not grow with the number of tokens)."""
+    return _search(lambda diff: output_error(diff, hessian), mean_abs, w, scheme, grid)
+
+
+def _search(error_of, mean_abs, w, scheme, grid):
+    """The grid search of ``search_scale``; ``error_of(weight difference) -> ||X diff^T||``."""
+    magnitude = mean_abs + 1e-8
+    norm = error_of(w)
     best = None
     for alpha in np.arange(grid) / grid:
         scale = magnitude**alpha
         scale = scale / np.sqrt(scale.max() * scale.min())
         approx = rtn_reconstruction((w * scale).astype(np.float32), scheme) / scale
-        error = float(np.linalg.norm(x @ approx.T - reference) / norm)
+        error = error_of(w - approx) / norm
         if alpha == 0:
             rtn_error = error
         if best is None or error < best[2]:
             best = (scale, float(alpha), error)
     return (*best, rtn_error)
+
+
+def scale_layer(weights: dict, prefix: str, stats: dict, scheme: Int4Scheme, grid: int = 20) -> list:
+    """Search and fold the AWQ scales of one decoder layer into ``weights`` (in place).
+
+    Parameters
+    ----------
+    weights : dict of str to numpy.ndarray
+        HF-named float weights; the layer's scaled layers, norms and ``up`` rows are replaced.
+    prefix : str
+        The layer's name prefix, e.g. ``model.layers.3.``.
+    stats : dict
+        Per group's first layer kind (``self_attn.q_proj``, ``mlp.gate_proj``, ``mlp.down_proj``):
+        Either ``("hessian", X^T X [K, K], mean |x| [K])`` or ``("inputs", X [T, K], mean |x| [K])`` of its
+        inputs in the unscaled model.
+    scheme : Int4Scheme
+        The int4 scheme the layers will be quantized with.
+    grid : int
+        Exponents tried: ``0, 1/grid, ..., (grid - 1)/grid``.
+
+    Returns
+    -------
+    list of ScaleChoice
+        One per group, in ``_GROUPS`` order (each group's inputs are divided by its ``scale``).
+    """
+    choices = []
+    for names, (kind, target) in _GROUPS:
+        keys = [f"{prefix}{name}.weight" for name in names]
+        stacked = np.concatenate([weights[key] for key in keys], axis=0).astype(np.float64)
+        kind_of_stats, moments, mean_abs = stats[names[0]]
+        if kind_of_stats == "inputs":
+            scale, alpha, error, rtn_error = search_scale(moments, stacked, scheme, grid)
+        else:
+            scale, alpha, error, rtn_error = search_scale_stats(moments, mean_abs, stacked, scheme, grid)
+        for key in keys:
+            weights[key] = (weights[key] * scale).astype(np.float32)
+        fold = f"{prefix}{target}.weight"
+        weights[fold] = (weights[fold] / (scale if kind == "norm" else scale[:, None])).astype(np.float32)
+        choices.append(ScaleChoice(tuple(keys), alpha, error, rtn_error, scale))
+    return choices
+
+
+def clip_grid(w: np.ndarray, hessian: np.ndarray, scheme: Int4Scheme, ratios=CLIP_RATIOS) -> QuantizedWeight:
+    """Round-to-nearest int4 of ``w`` [N, K] with each row's group range shrunk by the ratio (of ``ratios``)
+    that minimises the group's output error ``e_g^T H_gg e_g`` (AWQ's weight clipping; ``hessian = X^T X``).
+
+    Returns
+    -------
+    QuantizedWeight
+        Codes of the clipped weights; its scales (and zeros) are the clipped grid.
+    """
+    n, k = w.shape
+    group = scheme.group_len(k)
+    groups = k // group
+    blocks = np.stack([hessian[g * group:(g + 1) * group, g * group:(g + 1) * group] for g in range(groups)])
+    blocks = blocks.astype(np.float32)
+    wg = np.asarray(w, dtype=np.float64).reshape(n, groups, group)
+    hi = np.maximum(wg.max(axis=2, keepdims=True), 0.0)
+    lo = np.minimum(wg.min(axis=2, keepdims=True), 0.0)
+    best, best_error = wg, np.full((n, groups), np.inf)
+    for ratio in ratios:
+        clipped = np.clip(wg, ratio * lo, ratio * hi)
+        diff = (wg - dequantize(quantize(clipped.reshape(n, k), scheme)).reshape(n, groups, group))
+        d = diff.transpose(1, 0, 2).astype(np.float32)  # [G, N, group]
+        error = np.sum((d @ blocks) * d, axis=2).T  # [N, G]
+        better = error < best_error
+        best = np.where(better[:, :, None], clipped, best)
+        best_error = np.where(better, error, best_error)
+    return quantize(best.reshape(n, k), scheme)
 
 
 def awq_transform(weights: dict, num_layers: int, inputs: dict, scheme: Int4Scheme, grid: int = 20):
@@ -105,13 +201,9 @@ def awq_transform(weights: dict, num_layers: int, inputs: dict, scheme: Int4Sche
     choices = []
     for layer in range(num_layers):
         prefix = f"model.layers.{layer}."
-        for names, (kind, target) in _GROUPS:
-            keys = [f"{prefix}{name}.weight" for name in names]
-            stacked = np.concatenate([out[key] for key in keys], axis=0).astype(np.float64)
-            scale, alpha, error, rtn_error = search_scale(inputs[keys[0]], stacked, scheme, grid)
-            for key in keys:
-                out[key] = (out[key] * scale).astype(np.float32)
-            fold = f"{prefix}{target}.weight"
-            out[fold] = (out[fold] / (scale if kind == "norm" else scale[:, None])).astype(np.float32)
-            choices.append(ScaleChoice(tuple(keys), alpha, error, rtn_error))
+        stats = {}
+        for names, _ in _GROUPS:
+            x = np.asarray(inputs[f"{prefix}{names[0]}.weight"], dtype=np.float64)
+            stats[names[0]] = ("inputs", x, None)
+        choices += scale_layer(out, prefix, stats, scheme, grid)
     return out, choices

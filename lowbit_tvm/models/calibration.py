@@ -1,0 +1,265 @@
+"""Calibrated int4 quantization of a Llama's decoder, one layer at a time (HF transformers on the CPU).
+
+The calibration windows run through the float model layer by layer. For each decoder layer the second moments
+``H = X^T X`` and mean magnitudes ``mean |x|`` of its four linear inputs (the attention norm's output read by
+q/k/v, the attention output read by o, the MLP norm's output read by gate/up, and ``silu(gate) * up`` read by
+down) are accumulated; then the layer is quantized by ``quantize_layer``:
+
+1. optional AWQ scales (``lowbit_tvm.quant.awq``, searched on the statistics and folded into the norms and
+   the ``up`` rows, which divides the affected inputs by the scale: ``H`` becomes ``H / (s s^T)``);
+2. optional weight clipping (per row and group, the range ratio that minimises that group's output error);
+3. GPTQ (``lowbit_tvm.quant.gptq``; the clipped group scales are kept fixed), or round-to-nearest.
+
+With ``sequential`` the next layer's inputs come from this layer with its quantized weights (GPTQ's
+sequential calibration), else from the float layer. q/k/v and gate/up read one input each, so they are
+quantized stacked (GPTQ treats rows independently: the same codes as one by one) and split back into the
+HF names. The result is a weights dict whose quantized linears are ``QuantizedWeight`` (K zero-padded as
+``W4A16Linear`` pads it), which ``lowbit_tvm.models.quantize.pack_weights`` lays out as they are.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..quant import Int4Scheme, QuantizedWeight, dequantize, quantize
+from ..quant.awq import clip_grid, scale_layer
+from ..quant.gptq import DAMPING, gptq_quantize
+
+# Linear layers reading one input: (input name, HF layer names, the fused graph layer that runs them).
+INPUT_GROUPS = (
+    ("attn_in", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.qkv_proj"),
+    ("attn_out", ("self_attn.o_proj",), "self_attn.o_proj"),
+    ("mlp_in", ("mlp.gate_proj", "mlp.up_proj"), "mlp.gate_up_proj"),
+    ("mlp_mid", ("mlp.down_proj",), "mlp.down_proj"),
+)
+# The HF module whose forward input is each named input.
+_HOOKED = {name: parts[0] for name, parts, _ in INPUT_GROUPS}
+# Which input each AWQ group's scale divides (the first layer of the group names it).
+_AWQ_INPUT = {"self_attn.q_proj": "attn_in", "mlp.gate_proj": "mlp_in", "mlp.down_proj": "mlp_mid"}
+# Windows run through a layer at once.
+_BATCH = 8
+
+
+@dataclass(frozen=True)
+class CalibrationRecipe:
+    """How the decoder's linear layers are quantized with calibration statistics.
+
+    Parameters
+    ----------
+    scheme : Int4Scheme
+        Group size and symmetry of the result.
+    gptq : bool
+        GPTQ error compensation (else round-to-nearest on the chosen grid).
+    awq : bool
+        Fold activation-aware input-channel scales into the weights first.
+    clip : bool
+        Search a clipping ratio per row and group (the grid GPTQ then keeps fixed).
+    act_order : bool
+        GPTQ in decreasing ``diag(H)`` order with static groups (scales fixed before reordering).
+    damping : float
+        GPTQ's Hessian damping, a fraction of the mean diagonal.
+    sequential : bool
+        Calibrate layer ``l`` on the outputs of the already quantized layers before it.
+    """
+
+    scheme: Int4Scheme
+    gptq: bool = True
+    awq: bool = False
+    clip: bool = False
+    act_order: bool = False
+    damping: float = DAMPING
+    sequential: bool = False
+
+
+@dataclass
+class InputStats:
+    """Accumulated ``X^T X`` (float64 [K, K]), ``sum |x|`` [K] and token count of one linear input."""
+
+    hessian: np.ndarray
+    abs_sum: np.ndarray
+    tokens: int = 0
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        """Mean magnitude per input channel."""
+        return self.abs_sum / max(self.tokens, 1)
+
+    def add(self, x) -> None:
+        """Accumulate a batch of inputs (a torch tensor [..., K])."""
+        flat = x.reshape(-1, x.shape[-1]).float()
+        self.hessian += (flat.T @ flat).double().numpy()
+        self.abs_sum += flat.abs().sum(0).double().numpy()
+        self.tokens += flat.shape[0]
+
+
+def calibration_windows(ids, windows: int, length: int = 512) -> np.ndarray:
+    """``windows`` token windows [windows, length] spread evenly over ``ids`` (fewer if the text is short)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    count = min(windows, len(ids) // length)
+    starts = np.linspace(0, len(ids) - length, count).astype(np.int64)
+    return np.stack([ids[s:s + length] for s in starts])
+
+
+def calibrate(config: dict, weights: dict, windows, recipe: CalibrationRecipe, keep_float=None, progress=None):
+    """Quantize a Llama's decoder linears with ``recipe``, calibrated on token ``windows`` [W, T].
+
+    Parameters
+    ----------
+    config : dict
+        HF ``LlamaConfig`` fields.
+    weights : dict of str to numpy.ndarray
+        HF-named float weights.
+    windows : array-like of int
+        Calibration token windows [W, T] (never the evaluation text).
+    recipe : CalibrationRecipe
+        What to do per layer.
+    keep_float : callable, optional
+        ``keep_float(graph_layer_name) -> bool`` (e.g. ``model.layers.3.mlp.gate_up_proj``): such layers keep
+        their float weights.
+    progress : callable, optional
+        Wraps the iterable of layers (e.g. ``tqdm``).
+
+    Returns
+    -------
+    dict
+        A new weights dict: quantized linears as ``QuantizedWeight``, AWQ-scaled norms/rows as float arrays,
+        everything else shared with ``weights``.
+    """
+    out = dict(weights)
+    for layer, stats in layer_statistics(config, weights, windows, progress, recipe.sequential, out):
+        quantize_layer(out, layer, stats, recipe, keep_float or (lambda _: False))
+    return out
+
+
+def layer_statistics(config: dict, weights: dict, windows, progress=None, sequential=False, current=None):
+    """Yield ``(layer, {input name: InputStats})`` for every decoder layer, running the windows through it.
+
+    With ``sequential``, after each yield the layer's weights are reloaded from ``current`` (the dict the
+    caller quantizes in place: ``QuantizedWeight`` entries are dequantized) and the layer is run again, so
+    the next layer sees the quantized model's activations.
+    """
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from .hf_reference import hf_llama_from  # pylint: disable=import-outside-toplevel
+
+    hf = hf_llama_from(config, weights)
+    ids = torch.as_tensor(np.asarray(windows), dtype=torch.long)
+    layers = list(enumerate(hf.model.layers))
+    with torch.no_grad():
+        hidden = hf.model.embed_tokens(ids)
+        run = _layer_runner(hf, ids.shape[1])
+        for layer, module in (progress or iter)(layers):
+            stats = {}
+            handles = [_hook(module, hooked, name, stats) for name, hooked in _HOOKED.items()]
+            outputs = run(module, hidden)
+            for handle in handles:
+                handle.remove()
+            yield layer, stats
+            if sequential:
+                _load_layer(module, layer, current)
+                outputs = run(module, hidden)
+            hidden = outputs
+
+
+def _layer_runner(hf, length: int):
+    """``run(decoder_layer, hidden [W, T, H]) -> hidden`` in batches of windows (causal, positions 0..T-1)."""
+    import torch  # pylint: disable=import-outside-toplevel
+    from transformers.masking_utils import create_causal_mask  # pylint: disable=import-outside-toplevel
+
+    positions = torch.arange(length)[None]
+
+    def run(module, hidden):
+        outs = []
+        for start in range(0, hidden.shape[0], _BATCH):
+            chunk = hidden[start:start + _BATCH]
+            mask = create_causal_mask(config=hf.config, inputs_embeds=chunk, attention_mask=None,
+                                      past_key_values=None, position_ids=positions)
+            rope = hf.model.rotary_emb(chunk, position_ids=positions)
+            outs.append(module(chunk, attention_mask=mask, position_embeddings=rope, position_ids=positions))
+        return torch.cat(outs)
+
+    return run
+
+
+def _hook(module, hooked: str, name: str, stats: dict):
+    """Accumulate the input of ``module.<hooked>`` into ``stats[name]``."""
+    target = module.get_submodule(hooked)
+    k = target.in_features
+
+    def accumulate(_, args):  # returns None: the input is not replaced
+        stats.setdefault(name, InputStats(np.zeros((k, k)), np.zeros(k))).add(args[0])
+
+    return target.register_forward_pre_hook(accumulate)
+
+
+def _load_layer(module, layer: int, weights: dict) -> None:
+    """Copy layer ``layer``'s weights (dequantized where quantized) into the HF decoder layer."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    for name, param in module.named_parameters():
+        value = weights[f"model.layers.{layer}.{name}"]
+        if isinstance(value, QuantizedWeight):
+            value = dequantize(value)[:, : param.shape[1]]
+        param.data.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+
+
+def quantize_layer(weights: dict, layer: int, stats: dict, recipe: CalibrationRecipe, keep_float) -> list:
+    """Quantize decoder layer ``layer`` of ``weights`` in place (see the module docstring).
+
+    Returns
+    -------
+    list of ScaleChoice
+        The AWQ choices (empty without AWQ).
+    """
+    prefix = f"model.layers.{layer}."
+    choices = []
+    if recipe.awq:
+        groups = {hf[0]: ("hessian", stats[name].hessian, stats[name].mean_abs) for name, hf, _ in INPUT_GROUPS}
+        choices = scale_layer(weights, prefix, groups, recipe.scheme)
+        stats = dict(stats)
+        for choice in choices:
+            name = _AWQ_INPUT[choice.layers[0][len(prefix):-len(".weight")]]
+            s = choice.scale
+            stats[name] = InputStats(stats[name].hessian / np.outer(s, s), stats[name].abs_sum / s, stats[name].tokens)
+    for name, parts, fused in INPUT_GROUPS:
+        if keep_float(prefix + fused):
+            continue
+        keys = [f"{prefix}{part}.weight" for part in parts]
+        stacked = np.concatenate([np.asarray(weights[key], dtype=np.float64) for key in keys])
+        qw = quantize_with_statistics(stacked, stats[name].hessian, recipe)
+        rows = np.cumsum([0] + [weights[key].shape[0] for key in keys])
+        for key, start, stop in zip(keys, rows[:-1], rows[1:]):
+            weights[key] = row_slice(qw, start, stop)
+    return choices
+
+
+def quantize_with_statistics(weight: np.ndarray, hessian: np.ndarray, recipe: CalibrationRecipe) -> QuantizedWeight:
+    """Clip search and GPTQ (or RTN) of one weight [N, K] whose inputs have second moments ``hessian``;
+    K is zero-padded (``padded_k``), padded inputs are dead."""
+    from .w4a16_linear import padded_k  # pylint: disable=import-outside-toplevel
+
+    k = weight.shape[1]
+    pad = padded_k(k, recipe.scheme) - k
+    w = np.pad(weight, ((0, 0), (0, pad)))
+    h = np.pad(hessian, ((0, pad), (0, pad)))
+    grid = clip_grid(w, h, recipe.scheme) if recipe.clip else None
+    if recipe.gptq:
+        return gptq_quantize(w, h, recipe.scheme, recipe.damping, act_order=recipe.act_order, grid=grid)
+    return grid if grid is not None else quantize(w, recipe.scheme)
+
+
+def row_slice(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
+    """Rows ``start:stop`` of a quantized weight (the same codes, scales and zeros)."""
+    zeros = None if qw.zeros is None else qw.zeros[start:stop].copy()
+    return QuantizedWeight(qw.packed[start:stop].copy(), qw.scales[start:stop].copy(), zeros, qw.scheme,
+                           (stop - start, qw.shape[1]))
+
+
+def dequantized(weights: dict, like: dict) -> dict:
+    """Float32 weights with every ``QuantizedWeight`` dequantized and cropped to the shape in ``like``."""
+    out = {}
+    for name, value in weights.items():
+        if isinstance(value, QuantizedWeight):
+            value = dequantize(value)[:, : like[name].shape[1]]
+        out[name] = value
+    return out
+

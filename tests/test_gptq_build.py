@@ -1,0 +1,105 @@
+"""GPTQ in the build path: layer-by-layer calibration of a tiny Llama, its QuantizedWeights packed as they are."""
+import numpy as np
+import pytest
+
+from lowbit_tvm import load
+from lowbit_tvm.cli import main
+from lowbit_tvm.models.builder import graph, save_model
+from lowbit_tvm.models.calibration import CalibrationRecipe, calibrate, calibration_windows, dequantized
+from lowbit_tvm.models.config import ModelConfigError
+from lowbit_tvm.models.quantize import pack_weights
+from lowbit_tvm.models.recipe import ModelRecipe
+from lowbit_tvm.quant import Int4Scheme, QuantizedWeight, get_scheme, quantize
+
+from test_llama_cpu import LLVM, ODD, dequantized as rtn_dequantized, hf_logits, random_weights, rel
+
+torch = pytest.importorskip("torch")
+
+SCHEME = "w4a16-g64-asym"
+
+
+def _windows(seed=0, count=6, length=48):
+    ids = np.random.default_rng(seed).integers(0, ODD.vocab_size, count * length)
+    return calibration_windows(ids, count, length)
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    weights = random_weights(ODD, 7)
+    recipe = CalibrationRecipe(get_scheme(SCHEME), awq=True, clip=True, act_order=True)
+    return weights, calibrate(ODD.to_json(), weights, _windows(), recipe)
+
+
+def test_calibration_quantizes_every_decoder_linear_and_beats_rtn_on_its_text(calibrated):
+    weights, out = calibrated
+    linears = [name for name in weights if name.endswith("_proj.weight")]
+    assert len(linears) == 7 * ODD.num_hidden_layers
+    assert all(isinstance(out[name], QuantizedWeight) and out[name].scheme == get_scheme(SCHEME) for name in linears)
+    assert out["model.layers.1.mlp.down_proj.weight"].shape == (96, 192)  # K 160 padded to whole groups
+    ids = _windows(0)[0]
+    reference = hf_logits(ODD, weights, ids)
+    ours = rel(hf_logits(ODD, dequantized(out, weights), ids), reference)
+    rtn = rel(hf_logits(ODD, rtn_dequantized(weights, SCHEME), ids), reference)
+    assert ours < 0.8 * rtn, (ours, rtn)
+
+
+def test_sequential_calibration_differs_from_the_float_inputs_one():
+    weights = random_weights(ODD, 8)
+    recipe = CalibrationRecipe(get_scheme("w4a16-g64"))
+    plain = calibrate(ODD.to_json(), weights, _windows(1), recipe)
+    sequential = calibrate(ODD.to_json(), weights, _windows(1), CalibrationRecipe(get_scheme("w4a16-g64"),
+                                                                                   sequential=True))
+    first, last = "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"
+    assert np.array_equal(plain[first].packed, sequential[first].packed)  # layer 0 sees the same inputs
+    assert not np.array_equal(plain[last].packed, sequential[last].packed)
+
+
+def test_built_graph_runs_the_calibrated_weights(calibrated, tmp_path):
+    weights, out = calibrated
+    path = save_model(tmp_path / "gptq.so", ModelRecipe(ODD, SCHEME, "float32"), out, LLVM)
+    ids = np.random.default_rng(3).integers(0, ODD.vocab_size, 29)
+    ours = load(path).score(ids)
+    reference = hf_logits(ODD, dequantized(out, weights), ids)
+    assert rel(ours, reference) < 5e-3
+    assert rel(ours, hf_logits(ODD, rtn_dequantized(weights, SCHEME), ids)) > 3 * rel(ours, reference)
+
+
+def test_quantized_weights_must_fit_their_layer(calibrated):
+    weights, out = calibrated
+    model, _, names = graph(ModelRecipe(ODD, SCHEME, "float32", ("lm_head", "*.o_proj")), LLVM)
+    other = dict(out, **{"model.layers.0.self_attn.k_proj.weight": quantize(
+        np.pad(weights["model.layers.0.self_attn.k_proj.weight"], ((0, 0), (0, 32))), Int4Scheme(32, False))})
+    with pytest.raises(ModelConfigError, match=r"fused layer .*qkv_proj.weight must be all float or all quantized"):
+        pack_weights(model, other, names, "float32")
+    with pytest.raises(ModelConfigError, match="o_proj.weight is quantized .* kept in floating point"):
+        pack_weights(model, out, names, "float32")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scheme", "fp16", "--gptq"], "--gptq calibrate weights for a quantized scheme; fp16 keeps"),
+    (["--scheme", "fp32", "--gptq", "--awq"], "--awq and --gptq calibrate weights"),
+    (["--gptq", "--gptq-windows", "0"], "--gptq-windows must be at least 1, got 0"),
+])
+def test_cli_refuses_gptq_flags_that_cannot_work(args, message, tmp_path, capsys):
+    assert main(["build", "--model", "smollm2-135m", "--target", "llvm", "-o", str(tmp_path / "m.so"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.so").exists()
+
+
+def test_checkpoint_with_gptq_keeps_the_float_patterns():
+    from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.checkpoints import Checkpoint, with_gptq  # pylint: disable=import-outside-toplevel
+
+    words = [f"w{i}" for i in range(ODD.vocab_size - 1)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = " ".join(np.random.default_rng(5).choice(words, 1100))
+    checkpoint = Checkpoint(ODD, random_weights(ODD, 9), tokenizer.to_str())
+    out = with_gptq(checkpoint, get_scheme("w4a16-g64"), skip=("lm_head", "*.down_proj"), windows=2, text=text)
+    assert out.config == ODD and out.tokenizer_json == checkpoint.tokenizer_json
+    for name, value in out.weights.items():
+        quantized = name.endswith("_proj.weight") and "down_proj" not in name
+        assert isinstance(value, QuantizedWeight) == quantized, name
+    with pytest.raises(ModelConfigError, match="needs the checkpoint's tokenizer"):
+        with_gptq(Checkpoint(ODD, checkpoint.weights, None), get_scheme("w4a16-g64"))
