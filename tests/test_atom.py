@@ -113,3 +113,48 @@ def test_bad_input_errors():
         atom.quantize_weight(w, [0] * 32, atom.AtomScheme(4, 128, 32))
     with pytest.raises(QuantizationError, match="K=255"):
         atom.quantize_activations(x[:, :255], aw)
+
+
+@pytest.mark.parametrize("outliers", [0, 32])
+def test_dequantized_activations_match_the_kernel_math(outliers):
+    """A8: ``dequantize_activations`` times the dequantized weight is ``reference_matmul``; A4 groups: every main
+    value within half its group's step ``amax / 7``, every outlier within half of ``amax / 127``."""
+    rng = np.random.default_rng(5 + outliers)
+    x, w, _ = _planted(rng, 9, 320, 48, 32, factor=20.0)
+    aw = atom.calibrate(w, x, atom.AtomScheme(4, 128, outliers))
+    np.testing.assert_allclose(atom.dequantize_activations(x, aw) @ atom.dequantize_weight(aw).T,
+                               atom.reference_matmul(x, aw), rtol=1e-9, atol=1e-9)
+    x_hat = atom.dequantize_activations(x, aw, atom.A4G128)
+    gathered = np.concatenate([x, np.zeros((9, 1))], axis=1)[:, aw.perm]
+    main = gathered[:, : aw.main_k].reshape(9, -1, 128)
+    step = np.abs(main).max(axis=2) / 7
+    err = np.abs(np.concatenate([x_hat, np.zeros((9, 1))], axis=1)[:, aw.perm] - gathered)
+    assert (err[:, : aw.main_k].reshape(9, -1, 128) <= step[:, :, None] / 2 * (1 + 1e-9)).all()
+    if outliers:
+        out_step = np.abs(gathered[:, aw.main_k:]).max(axis=1) / 127
+        assert (err[:, aw.main_k:] <= out_step[:, None] / 2 * (1 + 1e-9)).all()
+    q_main, s_main, _, _ = atom.quantize_activations(x, aw, atom.A4G128)
+    assert s_main.shape == (9, aw.main_k // 128) and np.abs(q_main).max() == 7
+
+
+def test_w4a4_groups_and_outliers_matter():
+    """int4 activations: per-group scales beat one per token, and int8 outliers beat none (planted x30)."""
+    rng = np.random.default_rng(6)
+    x, w, _ = _planted(rng, 16, 1024, 64, 128, factor=30.0)
+    exact = x @ w.T
+    errors = {}
+    for outliers, act in ((0, atom.A4G128), (128, atom.A4G128), (128, atom.ActivationScheme(4, None))):
+        aw = atom.calibrate(w, x, atom.AtomScheme(4, 128, outliers))
+        y = atom.dequantize_activations(x, aw, act) @ atom.dequantize_weight(aw).T
+        errors[(outliers, act.name)] = _rel(y, exact)
+    assert errors[(128, "a4-g128")] < 0.15, errors
+    assert errors[(0, "a4-g128")] > 2 * errors[(128, "a4-g128")], errors
+    assert errors[(128, "a4")] > 1.05 * errors[(128, "a4-g128")], errors
+
+
+def test_activation_scheme_rejects_bad_fields():
+    with pytest.raises(QuantizationError, match="4 or 8"):
+        atom.ActivationScheme(6)
+    with pytest.raises(QuantizationError, match="divide 128"):
+        atom.ActivationScheme(4, 96)
+    assert atom.A4G128.name == "a4-g128" and atom.A8.qmax == 127 and atom.A4G128.qmax == 7

@@ -13,6 +13,10 @@ A linear layer ``y = x W^T`` (``W`` is ``[N, K]``) is computed on integer tensor
   ``q = floor(x / s + 1/2)`` clipped to [-127, 127].
 - ``y = s_a[m] * sum_g s_w[n, g] * (int32 sum over group g) + s_o[m] * s_wo[n] * (int32 sum over outliers)``.
 
+Atom's W4A4 (no kernel here, the math only, for accuracy studies): the same weights, the main activation
+channels int4 symmetric per token and group of 128 permuted channels (:class:`ActivationScheme`, ``A4G128``),
+the outliers int8 per token; :func:`dequantize_activations` gives what either format reads back.
+
 :func:`reference_matmul` evaluates exactly that in float64 from the quantized integers.
 """
 from __future__ import annotations
@@ -229,13 +233,84 @@ def quantize_weight(weight, outlier_idx, scheme: AtomScheme = W4A8) -> AtomWeigh
     return AtomWeight(scheme, (n, k), perm, codes, scales, out_codes, out_scales)
 
 
-def quantize_activations(x, aw: AtomWeight) -> tuple:
+@dataclass(frozen=True)
+class ActivationScheme:
+    """How the main (non-outlier) activation channels are quantized per token; outliers stay int8 per token.
+
+    Parameters
+    ----------
+    bits : int
+        8 (W4A8/W8A8, the kernels') or 4 (Atom's W4A4: symmetric int4, ``q`` clipped to [-7, 7]).
+    group : int or None
+        Channels per scale along the permuted main part (dividing ``PAD_K``, e.g. 128), or None for one scale per
+        token over the whole main part (the W4A8 kernels' format).
+
+    Raises
+    ------
+    QuantizationError
+        If a field is out of range.
+    """
+
+    bits: int = 8
+    group: int | None = None
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise QuantizationError(f"activation bits must be 4 or 8, got {self.bits!r}")
+        if self.group is not None and (not isinstance(self.group, int) or self.group < 1 or PAD_K % self.group):
+            raise QuantizationError(f"activation group must be None or divide {PAD_K} (e.g. 128), got {self.group!r}")
+
+    @property
+    def qmax(self) -> int:
+        """Largest code magnitude: 127 or 7."""
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def name(self) -> str:
+        """E.g. ``a8`` or ``a4-g128``."""
+        return f"a{self.bits}" + (f"-g{self.group}" if self.group else "")
+
+    def to_json(self) -> dict:
+        """A JSON-ready record."""
+        return {"bits": self.bits, "group": self.group}
+
+
+#: The W4A8/W8A8 kernels' activations: int8, one scale per token.
+A8 = ActivationScheme(8, None)
+#: Atom's W4A4 activations: int4 in groups of 128 channels per token.
+A4G128 = ActivationScheme(4, 128)
+
+
+def _quantize_rows(part: np.ndarray, qmax: int, group: int | None) -> tuple:
+    """Symmetric codes ``floor(x qmax / amax + 1/2)`` clipped to ``[-qmax, qmax]`` and scales ``amax / qmax``
+    per row (``[M]``) or per row and group (``[M, cols / group]``)."""
+    if group is None:
+        amax = np.maximum(np.abs(part).max(axis=1, initial=0.0), AMAX_FLOOR)
+        q = np.clip(np.floor(part * (qmax / amax)[:, None] + 0.5), -qmax, qmax)
+        return q.astype(np.int8), amax / qmax
+    grouped = part.reshape(part.shape[0], -1, group)
+    amax = np.maximum(np.abs(grouped).max(axis=2, initial=0.0), AMAX_FLOOR)
+    q = np.clip(np.floor(grouped * (qmax / amax)[:, :, None] + 0.5), -qmax, qmax)
+    return q.reshape(part.shape).astype(np.int8), amax / qmax
+
+
+def quantize_activations(x, aw: AtomWeight, act: ActivationScheme = A8) -> tuple:
     """The fused reorder + per-token quantization, in float64.
+
+    Parameters
+    ----------
+    x : array-like
+        Finite activations ``[M, K]``.
+    aw : AtomWeight
+        Supplies the permutation (the layer's calibrated outliers).
+    act : ActivationScheme
+        Main-part format: ``A8`` (the kernels') or e.g. ``A4G128`` (W4A4); outliers are always int8 per token.
 
     Returns
     -------
     (q_main, s_main, q_out, s_out)
-        int8 ``[M, main_k]``, float64 ``[M]``, int8 ``[M, outliers]``, float64 ``[M]``.
+        int8 ``[M, main_k]``, float64 ``[M]`` (``[M, main_k / act.group]`` with a group), int8 ``[M, outliers]``,
+        float64 ``[M]``.
 
     Raises
     ------
@@ -246,13 +321,22 @@ def quantize_activations(x, aw: AtomWeight) -> tuple:
     if x.shape[1] != aw.shape[1]:
         raise QuantizationError(f"activations have K={x.shape[1]}, the weight K={aw.shape[1]}")
     gathered = np.concatenate([x, np.zeros((x.shape[0], 1))], axis=1)[:, aw.perm]
-    parts = gathered[:, : aw.main_k], gathered[:, aw.main_k:]
-    out = []
-    for part in parts:
-        amax = np.maximum(np.abs(part).max(axis=1, initial=0.0), AMAX_FLOOR)
-        q = np.clip(np.floor(part * (ACT_MAX / amax)[:, None] + 0.5), -ACT_MAX, ACT_MAX).astype(np.int8)
-        out += [q, amax / ACT_MAX]
-    return tuple(out)
+    q_main, s_main = _quantize_rows(gathered[:, : aw.main_k], act.qmax, act.group)
+    q_out, s_out = _quantize_rows(gathered[:, aw.main_k:], ACT_MAX, None)
+    return q_main, s_main, q_out, s_out
+
+
+def dequantize_activations(x, aw: AtomWeight, act: ActivationScheme = A8) -> np.ndarray:
+    """float64 ``[M, K]``: ``x`` as the quantized kernel sees it (:func:`quantize_activations`, read back), in the
+    original channel order (fake quantization)."""
+    q_main, s_main, q_out, s_out = quantize_activations(x, aw, act)
+    if s_main.ndim == 2:
+        s_main = np.repeat(s_main, act.group, axis=1)
+    else:
+        s_main = s_main[:, None]
+    full = np.zeros((q_main.shape[0], aw.shape[1] + 1))
+    full[:, aw.perm] = np.concatenate([q_main * s_main, q_out * s_out[:, None]], axis=1)
+    return full[:, : aw.shape[1]]
 
 
 def dequantize_weight(aw: AtomWeight) -> np.ndarray:
