@@ -258,13 +258,14 @@ def _calibration_scheme(args):
     flags = [flag for flag, on in (("--awq", args.awq), ("--gptq", args.gptq)) if on]
     if not flags:
         return None
+    named = f"{' and '.join(flags)} {'calibrate' if len(flags) > 1 else 'calibrates'}"
     if args.scheme in ("fp16", "fp32"):
-        raise ModelConfigError(f"{' and '.join(flags)} calibrate weights for a quantized scheme; {args.scheme} keeps "
+        raise ModelConfigError(f"{named} weights for a quantized scheme; {args.scheme} keeps "
                                "them in floating point (pass e.g. --scheme w4a16-g128)")
     if args.gptq and args.gptq_windows < 1:
         raise ModelConfigError(f"--gptq-windows must be at least 1, got {args.gptq_windows}")
     if args.scheme.startswith("bcq"):
-        raise ModelConfigError(f"{' and '.join(flags)} calibrate int4 (w4a16-*) schemes; {args.scheme} weights are "
+        raise ModelConfigError(f"{named} int4 (w4a16-*) schemes; {args.scheme} weights are "
                                "fit by BCQ's own alternating least squares")
     return get_scheme(args.scheme)
 

@@ -18,7 +18,7 @@ from lowbit_tvm.models.weight_schemes import weight_scheme
 from lowbit_tvm.quant import bcq_dequantize, bcq_quantize
 from lowbit_tvm.tvm_api import tvm
 
-from test_llama_cpu import LLVM, ODD, hf_logits, random_weights, rel
+from test_llama_cpu import LLVM, ODD, check_decode_matches_scoring, hf_logits, random_weights, rel
 
 SCHEME = "bcq3-g64"
 
@@ -109,12 +109,4 @@ def test_bcq_graph_on_the_gpu_matches_dequantized_hf(gpu_bcq):
 @pytest.mark.gpu
 def test_bcq_lut_decode_on_the_gpu_agrees_with_scoring(gpu_bcq):
     engine, _ = gpu_bcq
-    prompt = list(np.random.default_rng(13).integers(0, ODD.vocab_size, 9))
-    new = engine.generate_ids(prompt, 5)
-    logits = engine.score(prompt + new[:-1])
-    assert [int(t) for t in np.argmax(logits[len(prompt) - 1:], axis=-1)] == new
-    step = engine.decode_step_fn(batch=5, context=6)
-    batched = step().float().cpu().numpy()
-    single = engine.score(np.zeros(7, dtype=np.int64))[-1]
-    for row in batched[:, 0]:
-        assert rel(row, single) < 1e-2
+    check_decode_matches_scoring(engine, ODD.vocab_size, 13, 1e-2)

@@ -56,7 +56,7 @@ def test_build_without_a_checkpoint_names_what_is_missing(tmp_path, capsys):
 def test_build_refuses_awq_for_an_unquantized_scheme(tmp_path, capsys):
     out = tmp_path / "m.so"
     assert main(["build", "--model", "smollm2-135m", "--scheme", "fp32", "--awq", "--target", "llvm", "-o", str(out)]) == 2
-    assert "--awq scales weights for a quantized scheme; fp32" in capsys.readouterr().err
+    assert "--awq calibrates weights for a quantized scheme; fp32" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

@@ -76,7 +76,8 @@ def test_quantized_weights_must_fit_their_layer(calibrated):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--scheme", "fp16", "--gptq"], "--gptq calibrate weights for a quantized scheme; fp16 keeps"),
+    (["--scheme", "fp16", "--gptq"], "--gptq calibrates weights for a quantized scheme; fp16 keeps"),
+    (["--scheme", "bcq3-g128", "--gptq"], "--gptq calibrates int4 (w4a16-*) schemes; bcq3-g128 weights are fit"),
     (["--scheme", "fp32", "--gptq", "--awq"], "--awq and --gptq calibrate weights"),
     (["--gptq", "--gptq-windows", "0"], "--gptq-windows must be at least 1, got 0"),
 ])

@@ -70,6 +70,20 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def check_decode_matches_scoring(engine, vocab_size: int, seed: int, tol: float) -> None:
+    """Greedy decode (``decode_one``) picks the argmax of full scoring, and a batched decode step's logits
+    match single-sequence scoring to ``tol``."""
+    prompt = list(np.random.default_rng(seed).integers(0, vocab_size, 9))
+    new = engine.generate_ids(prompt, 5)
+    logits = engine.score(prompt + new[:-1])
+    assert [int(t) for t in np.argmax(logits[len(prompt) - 1:], axis=-1)] == new
+    step = engine.decode_step_fn(batch=5, context=6)
+    batched = step().float().cpu().numpy()
+    single = engine.score(np.zeros(7, dtype=np.int64))[-1]
+    for row in batched[:, 0]:
+        assert rel(row, single) < tol
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config = get_preset("tiny")

@@ -6,7 +6,7 @@ from lowbit_tvm import load
 from lowbit_tvm.models.builder import save_model
 from lowbit_tvm.models.recipe import ModelRecipe
 
-from test_llama_cpu import ODD, dequantized, hf_logits, random_weights, rel
+from test_llama_cpu import ODD, check_decode_matches_scoring, dequantized, hf_logits, random_weights, rel
 
 pytestmark = pytest.mark.gpu
 
@@ -32,12 +32,4 @@ def test_w4a16_graph_on_the_gpu_matches_dequantized_hf(engine_and_weights):
 
 def test_decode_on_the_gpu_matches_scoring(engine_and_weights):
     engine, _ = engine_and_weights
-    prompt = list(np.random.default_rng(3).integers(0, ODD.vocab_size, 9))
-    new = engine.generate_ids(prompt, 5)
-    logits = engine.score(prompt + new[:-1])
-    assert [int(t) for t in np.argmax(logits[len(prompt) - 1:], axis=-1)] == new
-    step = engine.decode_step_fn(batch=5, context=6)
-    batched = step().float().cpu().numpy()
-    single = engine.score(np.zeros(7, dtype=np.int64))[-1]
-    for row in batched[:, 0]:
-        assert rel(row, single) < 1e-2
+    check_decode_matches_scoring(engine, ODD.vocab_size, 3, 1e-2)

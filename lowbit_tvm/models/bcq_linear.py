@@ -8,7 +8,7 @@ from ..quant.bcq import BITS_PER_WORD, BCQScheme, BCQWeight, bcq_quantize
 from ..schedules.bcq_lut import BCQLut, bcq_lut_config
 from ..tvm_api import IS_SCHEDULED, relax_nn as nn
 from .config import ModelConfigError
-from .fp_linear import leading_rows, schedule_for_rows
+from .fp_linear import fp16_rows, restore_rows, schedule_for_rows
 from .rows_hint import current_rows_hint
 
 _FUNCTIONS = {}
@@ -53,12 +53,7 @@ class BCQLinear(nn.Module):
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         """Apply the layer to ``x`` [..., in_features] (the result has x's dtype)."""
-        lead, rows = leading_rows(x)
-        flat = nn.op.reshape(x, (rows, self.in_features))
-        if flat.dtype != "float16":
-            flat = flat.astype("float16")
-        if self.k != self.in_features:
-            flat = nn.op.pad(flat, [0, 0, 0, self.k - self.in_features])
+        lead, rows, flat = fp16_rows(x, self.k)
         hint = current_rows_hint()
         lut = hint == 1 and isinstance(rows, int) and rows == 1
         func, name = self._lut_function() if lut else self._matmul_function(hint)
@@ -66,9 +61,7 @@ class BCQLinear(nn.Module):
             func, name, args=[flat, self.planes, self.alphas, self.offsets],
             out=nn.Tensor.placeholder((rows, self.out_features), "float16"),
         )
-        if x.dtype != "float16":
-            out = out.astype(x.dtype)
-        return nn.op.reshape(out, (*lead, self.out_features))
+        return restore_rows(out, x, lead)
 
     def to(self, dtype: str | None = None) -> None:
         """Quantized parameters keep their dtypes whatever the model's dtype."""

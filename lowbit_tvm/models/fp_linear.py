@@ -59,6 +59,26 @@ def leading_rows(x: nn.Tensor):
     return lead, rows
 
 
+def fp16_rows(x: nn.Tensor, k: int):
+    """``(leading dims, rows, x as fp16 [rows, k])``: a low-bit layer's input, zero-padded from its last dim to
+    ``k`` (whole groups; the padding multiplies zero weights)."""
+    lead, rows = leading_rows(x)
+    features = int(x.shape[-1])
+    flat = nn.op.reshape(x, (rows, features))
+    if flat.dtype != "float16":
+        flat = flat.astype("float16")
+    if k != features:
+        flat = nn.op.pad(flat, [0, 0, 0, k - features])
+    return lead, rows, flat
+
+
+def restore_rows(out: nn.Tensor, x: nn.Tensor, lead) -> nn.Tensor:
+    """A low-bit layer's fp16 output ``[rows, n]`` back to ``x``'s leading dims and dtype."""
+    if x.dtype != "float16":
+        out = out.astype(x.dtype)
+    return nn.op.reshape(out, (*lead, int(out.shape[-1])))
+
+
 def linear_nt(x: nn.Tensor, weight: nn.Tensor, target) -> nn.Tensor:
     """``x [..., k] @ weight[n, k]^T`` through ``matmul_nt_function`` (the result has x's dtype)."""
     lead, rows = leading_rows(x)

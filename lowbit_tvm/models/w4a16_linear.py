@@ -6,7 +6,7 @@ from ..ops.w4a16 import W4A16Op
 from ..quant import Int4Scheme, quantize
 from ..tvm_api import relax_nn as nn
 from .config import ModelConfigError
-from .fp_linear import leading_rows
+from .fp_linear import fp16_rows, restore_rows
 from .rows_hint import current_rows_hint
 
 
@@ -47,12 +47,7 @@ class W4A16Linear(nn.Module):
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         """Apply the layer to ``x`` [..., in_features] (any float dtype; the result has x's dtype)."""
-        lead, rows = leading_rows(x)
-        flat = nn.op.reshape(x, (rows, self.in_features))
-        if flat.dtype != "float16":
-            flat = flat.astype("float16")
-        if self.k != self.in_features:
-            flat = nn.op.pad(flat, [0, 0, 0, self.k - self.in_features])
+        lead, rows, flat = fp16_rows(x, self.k)
         weights = [self.qweight, self.scales] + ([] if self.zeros is None else [self.zeros])
         rows_wanted = current_rows_hint()
         out = nn.op.tensor_ir_op(
@@ -61,9 +56,7 @@ class W4A16Linear(nn.Module):
             args=[flat, *weights],
             out=nn.Tensor.placeholder((rows, self.out_features), "float16"),
         )
-        if x.dtype != "float16":
-            out = out.astype(x.dtype)
-        return nn.op.reshape(out, (*lead, self.out_features))
+        return restore_rows(out, x, lead)
 
     def to(self, dtype: str | None = None) -> None:
         """Quantized parameters keep their dtypes whatever the model's dtype."""
