@@ -33,7 +33,7 @@ def tasks():
 def tuned(tasks, tmp_path_factory):
     """A database with one tuned task, merged into a folder that already held another record."""
     folder = tmp_path_factory.mktemp("db")
-    norm, other = _pick(tasks, "rms_norm*"), _pick(tasks, "add*")
+    norm, other = _pick(tasks, "rms_norm*"), _pick(tasks, "silu*")
     db = open_database(folder, create=True)
     _commit_record(db, other.workload["main"], unscheduled(other.workload).trace, [5e-6], LLVM)  # an earlier record
     _commit_record(db, norm.workload["main"], unscheduled(norm.workload).trace, [1.0], LLVM)  # any candidate beats it

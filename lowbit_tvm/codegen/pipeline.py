@@ -7,6 +7,7 @@ decode does). This pipeline repeats the pass until nothing changes. Select it wi
 ``tvm.compile(..., tir_pipeline=PIPELINE)`` or ``tvm.tirx.build(..., pipeline=PIPELINE)``.
 """
 from ..tvm_api import structural_equal, tirx, tvm
+from .pdl import programmatic_dependent_launch
 
 PIPELINE = "lowbit"
 _MAX_ROUNDS = 64
@@ -25,7 +26,12 @@ def lower_all_warp_memory(mod, _ctx):
 
 def _finalize_device_passes():
     return tvm.transform.Sequential(
-        [lower_all_warp_memory, tirx.transform.StmtSimplify(), tirx.transform.LowerIntrin()]
+        [
+            lower_all_warp_memory,
+            tirx.transform.StmtSimplify(),
+            tirx.transform.LowerIntrin(),
+            programmatic_dependent_launch,
+        ]
     )
 
 

@@ -57,8 +57,10 @@ class LlamaEngine:
         self._vm = module["vm_load_executable"]()
         init = [_CUDA, device.index or 0, _POOLED_ALLOCATOR] if device.type == "cuda" else []
         self._vm["vm_initialization"](*init, _CPU, 0, _POOLED_ALLOCATOR)
-        self._params = [self._ffi.from_dlpack(p) for p in params]
+        # One ffi Array, made once: a Python list would be converted on every call.
+        self._params = self._ffi.Array([self._ffi.from_dlpack(p) for p in params])
         self._torch_params = params  # keeps the memory alive
+        self._functions = {}
 
     @property
     def config(self):
@@ -81,8 +83,10 @@ class LlamaEngine:
     def _run(self, name: str, cache, seq_ids: list, lengths: list, ids):
         if name == "decode":
             _check_decode_batch(len(seq_ids))
+        if name not in self._functions:
+            self._functions[name] = self._vm[name]
         self._rt.begin_forward(cache, self._rt.shape(seq_ids), self._rt.shape(lengths))
-        logits, _ = self._vm[name](ids, cache, self._params)
+        logits, _ = self._functions[name](ids, cache, self._params)
         self._rt.end_forward(cache)
         return torch.from_dlpack(logits)
 

@@ -17,6 +17,7 @@ from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
 from .fp_linear import FpLinear, linear_nt
 from .recipe import DECODE_MAX_BATCH
+from .residual_norm import add_rms_norm
 from .rows_hint import rows_hint
 
 Tensor, op = nn.Tensor, nn.op
@@ -67,15 +68,20 @@ class LlamaDecoderLayer(nn.Module):
 
     def __init__(self, config: LlamaConfig, target):
         eps = config.rms_norm_eps
+        self.target = target
         self.self_attn = LlamaAttention(config, target)
         self.mlp = LlamaMLP(config, target)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, -1, eps, bias=False)
 
-    def forward(self, x: Tensor, cache: PagedKVCache, layer_id: int) -> Tensor:
-        """The layer's output for ``x``."""
-        x = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: Tensor, normed: Tensor, cache: PagedKVCache, layer_id: int, next_norm: nn.RMSNorm):
+        """The layer's output for ``x`` and ``normed`` (``input_layernorm(x)``), and ``next_norm`` of it.
+
+        Each residual add is fused with the norm that reads its sum (``residual_norm.add_rms_norm``).
+        """
+        x, normed = add_rms_norm(self.self_attn(normed, cache, layer_id), x, self.post_attention_layernorm,
+                                 self.target)
+        return add_rms_norm(self.mlp(normed), x, next_norm, self.target)
 
 
 class LlamaModel(nn.Module):
@@ -89,9 +95,11 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: Tensor, cache: PagedKVCache) -> Tensor:
         """Final hidden states for ``input_ids`` [batch, seq]."""
         x = self.embed_tokens(input_ids)
-        for layer_id, layer in enumerate(self.layers):
-            x = layer(x, cache, layer_id)
-        return self.norm(x)
+        normed = self.layers[0].input_layernorm(x)
+        norms_after = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
+        for layer_id, (layer, next_norm) in enumerate(zip(self.layers, norms_after)):
+            x, normed = layer(x, normed, cache, layer_id, next_norm)
+        return normed
 
 
 def _last_token(hidden: te.Tensor) -> te.Tensor:
