@@ -4,6 +4,9 @@ Two steps, because the GPU machine has no room for checkpoints and building is C
 
     python benchmarks/e2e_llama.py build OUT_DIR [--preset llama-2-7b]   # CPU: nvcc, writes OUT_DIR/*.so
     python benchmarks/e2e_llama.py time OUT_DIR RESULT.json              # GPU: random weights, timings
+    python benchmarks/e2e_llama.py decode DIR... RESULT.json             # GPU: decode steps only, 3 rounds
+
+``build --no-pdl`` compiles without programmatic dependent launch (``codegen.pdl``), for comparisons.
 
 Weights are random (speed does not depend on their values): quantized codes, scales, bit planes and alphas
 are drawn directly in the kernels' layouts on the GPU.
@@ -20,14 +23,16 @@ CONTEXT = 128  # tokens already in each sequence's cache when decode is timed
 PREFILL = 512
 
 
-def build(out_dir: Path, preset: str, schemes=SCHEMES) -> None:
+def build(out_dir: Path, preset: str, schemes=SCHEMES, pdl: bool = True) -> None:
     """Compile the graphs of ``preset`` (fp16 and W4A16 by default) for sm_90 and write their parameter specs."""
+    from lowbit_tvm.codegen import pdl as pdl_pass  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.codegen import export_library  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.kernel import default_target  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.models.builder import build as build_graph  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.models.config import get_preset  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.models.recipe import ModelRecipe  # pylint: disable=import-outside-toplevel
 
+    pdl_pass.ENABLED = pdl
     out_dir.mkdir(parents=True, exist_ok=True)
     target = default_target("sm_90")
     for scheme in schemes:
@@ -75,8 +80,7 @@ def _time_ms(fn, repeat: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _ours(lib_dir: Path, scheme: str) -> dict:
-    import numpy as np  # pylint: disable=import-outside-toplevel
+def _engine(lib_dir: Path, scheme: str):
     import torch  # pylint: disable=import-outside-toplevel
 
     from lowbit_tvm.codegen import load_library  # pylint: disable=import-outside-toplevel
@@ -85,8 +89,35 @@ def _ours(lib_dir: Path, scheme: str) -> dict:
 
     record = json.loads((lib_dir / f"{scheme}.json").read_text())
     device = torch.device("cuda")
-    engine = LlamaEngine(load_library(lib_dir / f"{scheme}.so"), ModelRecipe.from_json(record["recipe"]),
-                         _random_params(record["params"], device), device)
+    return LlamaEngine(load_library(lib_dir / f"{scheme}.so"), ModelRecipe.from_json(record["recipe"]),
+                       _random_params(record["params"], device), device)
+
+
+def decode_rounds(lib_dirs: list, out_json: Path, batches=(1, 16), rounds: int = 3) -> None:
+    """Decode-step medians (30 steps each, ``rounds`` times) of every scheme built in each of ``lib_dirs``."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    records = []
+    for lib_dir in lib_dirs:
+        for scheme in [name for name in SCHEMES if (lib_dir / f"{name}.so").exists()]:
+            engine = _engine(lib_dir, scheme)
+            for batch in batches:
+                step = engine.decode_step_fn(batch, CONTEXT)
+                ms = [_time_ms(step, repeat=30) for _ in range(rounds)]
+                records.append({"engine": f"lowbit_tvm-{scheme}", "variant": lib_dir.name, "batch": batch,
+                                "gpu": torch.cuda.get_device_name(), "decode_step_ms_rounds": ms})
+                print(lib_dir.name, scheme, batch, " ".join(f"{m:.3f}" for m in ms), flush=True)
+                del step
+            del engine
+            torch.cuda.empty_cache()
+    out_json.write_text(json.dumps(records, indent=1))
+
+
+def _ours(lib_dir: Path, scheme: str) -> dict:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+
+    engine = _engine(lib_dir, scheme)
     result = {}
     for batch in BATCHES:
         step = engine.decode_step_fn(batch, CONTEXT)
@@ -140,14 +171,7 @@ def profile(lib_dir: Path, scheme: str, batch: int, out_txt: Path) -> None:
     import torch  # pylint: disable=import-outside-toplevel
     from torch.profiler import ProfilerActivity, profile as torch_profile  # pylint: disable=import-outside-toplevel
 
-    from lowbit_tvm.codegen import load_library  # pylint: disable=import-outside-toplevel
-    from lowbit_tvm.models.engine import LlamaEngine  # pylint: disable=import-outside-toplevel
-    from lowbit_tvm.models.recipe import ModelRecipe  # pylint: disable=import-outside-toplevel
-
-    record = json.loads((lib_dir / f"{scheme}.json").read_text())
-    device = torch.device("cuda")
-    engine = LlamaEngine(load_library(lib_dir / f"{scheme}.so"), ModelRecipe.from_json(record["recipe"]),
-                         _random_params(record["params"], device), device)
+    engine = _engine(lib_dir, scheme)
     step = engine.decode_step_fn(batch, CONTEXT)
     for _ in range(3):
         step()
@@ -181,6 +205,10 @@ def main(argv=None) -> None:
     b.add_argument("out_dir", type=Path)
     b.add_argument("--preset", default="llama-2-7b")
     b.add_argument("--schemes", nargs="+", choices=SCHEMES, default=list(SCHEMES))
+    b.add_argument("--no-pdl", action="store_true", help="build without programmatic dependent launch")
+    d = sub.add_parser("decode", help="decode steps only (batch 1 and 16, 3 rounds) of the libraries in each DIR")
+    d.add_argument("lib_dirs", type=Path, nargs="+")
+    d.add_argument("out_json", type=Path)
     t = sub.add_parser("time", help="time them on the local GPU")
     t.add_argument("lib_dir", type=Path)
     t.add_argument("out_json", type=Path)
@@ -191,7 +219,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.out_dir, args.preset, args.schemes)
+        build(args.out_dir, args.preset, args.schemes, pdl=not args.no_pdl)
+    elif args.command == "decode":
+        decode_rounds(args.lib_dirs, args.out_json)
     elif args.command == "profile":
         profile(args.lib_dir, args.scheme, args.batch, args.out_txt)
     else:
