@@ -8,16 +8,24 @@ mma_gemv.json also holds ``mma_gemv_strided``: the GEMV's previous thread layout
 piece of each of 32 tiles, measured in the same run before it was replaced.)
 
     python benchmarks/bench_mma_gemv.py OUT.json [--jobs 12]   # on the GPU machine
+    python benchmarks/bench_mma_gemv.py OUT.json --l2-check     # the L2 flush's write-backs, see l2_check
+
+``--l2-check`` times the M=1 kernel of ``lowbit-tvm bench``, cuBLAS fp16 and tinygemm after two kinds of
+L2 flush: writing a 256 MB buffer (what ``triton.testing.do_bench`` does: it leaves the 50 MB L2 full of
+dirty lines, which the timed kernel's reads then write back to HBM) and reading one (clean lines).
 """
 import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 
 import numpy as np
 
 SHAPES = [(4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)]
-SWEEP = [(ky, ty, tiles) for ky in (4, 8, 16, 32, 43, 64) for ty in (1, 2) for tiles in (1, 2)]
+# MmaGemvConfig fields (ky, ty, tiles, unroll, contiguous, stream): the interleaved layout with plain loads (the
+# default) and the contiguous one with streaming loads (benchmarks/NOTES.md, v7)
+SWEEP = [(ky, ty, tiles, 64, 0, 0) for ky in (4, 8, 16, 32, 43, 64) for ty in (1, 2) for tiles in (1, 2)] + [
+    (ky, 1, tiles, 0, 1, 1) for ky in (8, 16, 32, 43, 64) for tiles in (1, 2, 4)]
 COPIES = 8
 
 
@@ -57,11 +65,70 @@ def _stream_time(torch, fn, weights):
     return us
 
 
+L2_CHECK_SHAPES = [(4096, 4096), (11008, 4096), (28672, 8192)]
+
+
+def _time_after_flush(torch, fn, flush, reps=200):
+    """Median microseconds of ``fn`` (device events) with ``flush()`` run before each launch."""
+    for _ in range(10):
+        fn()
+    events = []
+    for _ in range(reps):
+        flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return float(np.median([s.elapsed_time(e) for s, e in events])) * 1e3
+
+
+def l2_check(out):
+    """Time the bench's M=1 kernels, fp16 and tinygemm after a writing and a reading L2 flush."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.bench import _tinygemm  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.kernel import build, default_target  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.ops.w4a16 import W4A16Op  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import get_scheme, quantize  # pylint: disable=import-outside-toplevel
+
+    scheme, target = get_scheme("w4a16-g128"), default_target()
+    buffer = torch.ones(64 << 20, dtype=torch.float32, device="cuda")  # 256 MB
+    flushes = {"write_flush": buffer.zero_, "read_flush": lambda: buffer.sum()}
+    records = []
+    for k, n in L2_CHECK_SHAPES:
+        weight = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32)
+        qw = quantize(weight, scheme)
+        kernel = build(W4A16Op(n, k, scheme, 1), target)
+        weights = [torch.from_numpy(a).cuda() for a in kernel.prepare(qw)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        xb, w16, out_t = x.bfloat16(), torch.from_numpy(weight).cuda().half(), torch.empty(1, n, device="cuda",
+                                                                                          dtype=torch.float16)
+        tg_packed, tg_sz = _tinygemm(torch, weight, 128)
+        runs = {"ours": lambda: kernel.function(x, *weights, out_t),
+                "fp16": lambda: torch.nn.functional.linear(x, w16),
+                "tinygemm": lambda: torch.ops.aten._weight_int4pack_mm(xb, tg_packed, 128, tg_sz)}
+        record = {"K": k, "N": n, "M": 1, "gpu": torch.cuda.get_device_name(), "rule": kernel.rule,
+                  "config": str(getattr(kernel, "config", ""))}
+        for flush_name, flush in flushes.items():
+            for name, fn in runs.items():
+                record[f"{name}_{flush_name}_us"] = _time_after_flush(torch, fn, flush)
+        records.append(record)
+        print(record, flush=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="JSON records to write")
     parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--l2-check", action="store_true", help="only the L2 flush comparison (see above)")
     args = parser.parse_args()
+    if args.l2_check:
+        l2_check(args.out)
+        return
 
     import torch  # pylint: disable=import-outside-toplevel
 
@@ -103,7 +170,7 @@ def main():
             functions[str(config)] = load_library(path)[mma_op.name]
             sweep[str(config)] = timed(lambda f=functions[str(config)]: f(x, *mma_weights, out))
         default = mma_gemv_plan(W4A16Op(n, k, scheme, 1)).config
-        default_key = str((default.ky, default.ty, default.tiles))
+        default_key = str(astuple(default))
         rows_kernel = build(W4A16Op(n, k, scheme, 1), target)
         rows_weights = [torch.from_numpy(a).cuda() for a in rows_kernel.prepare(qw)]
         dynamic = build(W4A16Op(n, k, scheme, None), target)

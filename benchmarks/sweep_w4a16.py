@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_w4a16.py build OUT KxN M [M ...]   # writes OUT/<name>.so + OUT/sweep.json
     python benchmarks/sweep_w4a16.py build OUT KxN M --chunk I/N   # only candidates I, I+N, ... (parallel builds)
+    python benchmarks/sweep_w4a16.py build OUT KxN M --set smallm  # deep pipelines, GEMV on "mma" weights
     python benchmarks/sweep_w4a16.py time OUT [OUT ...]        # on the GPU: check vs float64, time, table
     python benchmarks/sweep_w4a16.py record ARCH TIMED.json... # best config per workload -> tuning_logs/ARCH
 
@@ -42,6 +43,38 @@ def candidates(m):
         yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split), "flat"
 
 
+# Memory-bound batches (M <= 64) keep about N x split_k x 8 x k_inner x prefetch weight bytes in flight
+# (cp.async stages ahead); the "smallm" set adds deeper pipelines to the steps above.
+SMALLM_STEPS = ((8, 2), (8, 3), (4, 2), (2, 3), (2, 5), (2, 7), (4, 4), (4, 6), (8, 4), (8, 6))
+SMALLM_TILES = {16: ([(1, 1)], [(4, 1), (8, 1), (2, 1)]), 32: ([(1, 2)], [(4, 1), (4, 2), (2, 2)]),
+                64: ([(1, 4)], [(4, 2), (4, 1), (2, 2)])}
+
+
+def smallm_candidates(m):
+    """Issue 2's small-batch set: at M=1 the GEMVs with and without streaming weight loads (on tensor-core
+    weights: contiguous K ranges with ``tiles`` steps loaded together, and the previous interleaved layout);
+    at M=16..64 tensor-core configs with deeper pipelines."""
+    # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_gemv import GemvConfig, W4A16Gemv
+    from lowbit_tvm.schedules.w4a16_mma_gemv import MmaGemvConfig, W4A16MmaGemv
+    from lowbit_tvm.schedules.w4a16_tensor_core import TensorCoreConfig, W4A16TensorCore
+
+    if m == 1:
+        yield W4A16Gemv(), GemvConfig(), "flat"
+        for stream in (0, 1):
+            yield W4A16Gemv(), GemvConfig(32, 4, 32, 64, 2, stream), "word"
+        for ky in (16, 32, 43):
+            yield W4A16MmaGemv(), MmaGemvConfig(ky, 1, 1, 64, 0, 0), "word"  # the previous default layout
+            for tiles, unroll, stream in itertools.product((1, 2, 4), (0, 64), (0, 1)):
+                yield W4A16MmaGemv(), MmaGemvConfig(ky, 1, tiles, unroll, 1, stream), "word"
+        return
+    shapes_m, shapes_n = SMALLM_TILES[16 if m <= 16 else 32 if m <= 32 else 64]
+    for (wm, tm), (wn, tn), (ki, pf), split in itertools.product(shapes_m, shapes_n, SMALLM_STEPS, (1, 2, 4, 8)):
+        rows, cols, depth = 16 * wm * tm, 16 * wn * tn, 16 * ki
+        if (pf + 1) * (rows * (depth + 8) * 2 + cols * depth // 2) <= 160 * 1024:  # pipeline stages in shared memory
+            yield W4A16TensorCore(), TensorCoreConfig(wm, wn, tm, tn, ki, pf, split, 8), "flat"
+
+
 # M >= 128 (compute-bound): block tiles of 64-256 rows, warp tiles up to 64x64 (at most 128 fp32 accumulators
 # per lane), at most 16 warps, the fp32 result tile staged in at most 200 KB of shared memory.
 LARGE_M_TILES = ((2, 4), (1, 4), (4, 2))
@@ -79,6 +112,10 @@ def _enough_blocks(op, config):
 
 def _fits(op, rule, config):
     """Whether ``config`` tiles ``op`` exactly (the dispatcher only picks such configs)."""
+    if rule.name == "w4a16-mma-gemv":
+        from lowbit_tvm.schedules.w4a16_mma_gemv import fits_tiles  # pylint: disable=import-outside-toplevel
+
+        return op.n % 16 == 0 and op.k % 16 == 0 and fits_tiles(op.n // 16, op.k // 16, **asdict(config))
     if rule.name == "w4a16-gemv" and op.reduction == "word":
         from lowbit_tvm.schedules.w4a16_gemv import fits_words  # pylint: disable=import-outside-toplevel
 
@@ -89,7 +126,12 @@ def _fits(op, rule, config):
     return op.n % (16 * config.warps_n * config.tile_n) == 0 and steps >= 3 and op.k % (16 * config.k_inner * config.split_k) == 0
 
 
-def build(out, shape, batches, chunk=(0, 1)):
+_LAYOUTS = {"w4a16-gemv": ("float32", "rows"), "w4a16-mma-gemv": ("float16", "mma"),
+            "w4a16-tensor-core": ("float16", "mma")}
+CANDIDATE_SETS = {"default": candidates, "smallm": smallm_candidates}
+
+
+def build(out, shape, batches, chunk=(0, 1), candidate_set="default"):
     # pylint: disable=import-outside-toplevel
     from lowbit_tvm.codegen import build_module, export_library
     from lowbit_tvm.kernel import PASS_CONFIG, default_target
@@ -105,9 +147,8 @@ def build(out, shape, batches, chunk=(0, 1)):
     target = default_target("sm_90")
     for m in batches:
         functions, configs = {}, {}
-        for i, (rule, config, reduction) in enumerate(candidates(m)):
-            gemv = rule.name == "w4a16-gemv"
-            decode, layout = ("float32", "rows") if gemv else ("float16", "mma")
+        for i, (rule, config, reduction) in enumerate(CANDIDATE_SETS[candidate_set](m)):
+            decode, layout = _LAYOUTS[rule.name]
             op = W4A16Op(n, k, get_scheme("w4a16-g128"), m, decode, layout, reduction)
             if not _fits(op, rule, config) or not _enough_blocks(op, config):
                 continue
@@ -121,7 +162,7 @@ def build(out, shape, batches, chunk=(0, 1)):
             continue
         with tvm.transform.PassContext(config=PASS_CONFIG):
             module = build_module(tvm.IRModule(functions), target)
-        path = out / f"w4a16_m{m}_n{n}_k{k}_{chunk[0]}.so"
+        path = out / f"w4a16_{candidate_set}_m{m}_n{n}_k{k}_{chunk[0]}.so"
         export_library(module, path, overwrite=True)
         for name, config in configs.items():
             entries.append({"lib": path.name, "function": name, "m": m, "n": n, "k": k, "config": config})
@@ -249,13 +290,13 @@ def record(arch, timed_files):
 
 if __name__ == "__main__":
     if sys.argv[1] == "build":
-        args, options = sys.argv[2:], {"--chunk": "0/1"}
+        args, options = sys.argv[2:], {"--chunk": "0/1", "--set": "default"}
         for option in options:
             if option in args:
                 options[option] = args.pop(args.index(option) + 1)
                 args.remove(option)
         chunk = tuple(int(v) for v in options["--chunk"].split("/"))
-        build(args[0], args[1], [int(v) for v in args[2:]], chunk)
+        build(args[0], args[1], [int(v) for v in args[2:]], chunk, options["--set"])
     elif sys.argv[1] == "record":
         record(sys.argv[2], sys.argv[3:])
     else:

@@ -1,5 +1,7 @@
 """W4A16 without a GPU: the TensorIR op on llvm vs float64, every CUDA schedule builds to sm_90/sm_80
 binaries, tunable spaces replay, and the tuning database round-trips."""
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -104,7 +106,9 @@ def test_gemv_plan_uses_word_dots_where_the_config_tiles_exactly():
     for k, n in [(4096, 4096), (4096, 4160), (1024, 1040), (8192, 57344), (28672, 8192)]:
         chosen = plan(W4A16Op(n, k, scheme, 1))
         assert chosen.op.reduction == "word" and fits_words(n, k // 8, **chosen.config.__dict__)
-    assert plan(W4A16Op(4096, 11008, scheme, 1)).op.reduction == "flat"  # K/8 = 32 * 43
+    # K/8 = 32 * 43: no word config tiles it; the GEMV on tensor-core weights does (K/16 = 688 = 2 * 43 * 8)
+    assert plan(W4A16Op(4096, 11008, scheme, 1)).op.layout == "mma"
+    assert plan(W4A16Op(40, 1152, scheme, 1)).op.reduction == "flat"  # neither tiles: the flat GEMV
     assert plan(W4A16Op(4096, 4096, scheme, 16)).op.reduction == "flat"
 
 
@@ -153,6 +157,44 @@ def test_gemv_on_tensor_core_weights_builds_to_binary(m, k, n, scheme):
     assert "lowbit_mma_dot(" in source and "lop3.b32" in source and "__syncthreads" in source
 
 
+@pytest.mark.parametrize("k,n", [(4096, 4096), (4096, 12288), (4096, 22016), (11008, 4096), (8192, 57344), (28672, 8192)])
+def test_one_row_dispatch(k, n):
+    """M=1: the word GEMV where its configs tile K/8, else the GEMV on tensor-core weights (K=11008: faster
+    than the flat GEMV on the H100), whose default tiles the shape exactly and keeps 64k threads streaming."""
+    from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_mma_gemv import fits_tiles  # pylint: disable=import-outside-toplevel
+
+    op = W4A16Op(n, k, get_scheme("w4a16-g128"), 1)
+    chosen, decode = plan(op), mma_gemv_plan(op)
+    assert (chosen.rule.name, chosen.op.layout) == (("w4a16-mma-gemv", "mma") if k == 11008 else ("w4a16-gemv", "rows"))
+    assert fits_tiles(n // 16, k // 16, **asdict(decode.config))
+    assert n // 16 * decode.config.ky * 16 >= 64 * 1024
+
+
+@pytest.mark.parametrize("contiguous,stream", [(0, 1), (1, 0)])
+def test_gemv_on_tensor_core_weights_load_variants_build(contiguous, stream):
+    """The decode GEMV's load knobs: each variant compiles (checked against float64 on the GPU)."""
+    from lowbit_tvm.schedules.w4a16_mma_gemv import MmaGemvConfig  # pylint: disable=import-outside-toplevel
+
+    op = W4A16Op(1040, 4160, get_scheme("w4a16-g32-asym"), 3, layout="mma", reduction="word")
+    config = MmaGemvConfig(ky=5, tiles=1 if contiguous == 0 else 13, unroll=0, contiguous=contiguous, stream=stream)
+    sch = W4A16MmaGemv().apply(op.prim_func(), _target("sm_90"), config=config)
+    with tvm.transform.PassContext(config=PASS_CONFIG):
+        source = device_code(build_module(sch.mod, _target("sm_90"), binary=False))[0].data.decode()
+    assert ("lowbit_ldg_stream((" in source) == (stream == 1)
+
+
+def test_word_gemv_streaming_loads_build():
+    from lowbit_tvm.schedules.w4a16_gemv import GemvConfig  # pylint: disable=import-outside-toplevel
+
+    op = W4A16Op(1024, 4096, get_scheme("w4a16-g32-asym"), 3, reduction="word")
+    sch = W4A16Gemv().apply(op.prim_func(), _target("sm_80"), config=GemvConfig(32, 4, 32, 64, 2, 1))
+    with tvm.transform.PassContext(config=PASS_CONFIG):
+        source = device_code(build_module(sch.mod, _target("sm_80"), binary=False))[0].data.decode()
+        assert device_code_format(build_module(sch.mod, _target("sm_80"))) in ("fatbin", "cubin")
+    assert "lowbit_ldg_stream((" in source and "L2::cache_hint" in source
+
+
 def test_gemv_on_tensor_core_weights_needs_tileable_shapes():
     from lowbit_tvm.schedules.w4a16_dispatch import mma_gemv_plan  # pylint: disable=import-outside-toplevel
 
@@ -178,6 +220,7 @@ def _build(op, arch, binary):
     "m,k,n,scheme",
     [
         (1, 4096, 4096, "w4a16-g128"),
+        (1, 11008, 4096, "w4a16-g128"),
         (4, 11008, 4096, "w4a16-g32-asym"),
         (3, 4096, 4160, "w4a16-g32-asym"),
         (16, 4096, 4096, "w4a16-g128"),
@@ -195,10 +238,12 @@ def test_every_default_schedule_builds_to_binary(arch, m, k, n, scheme):
     if isinstance(chosen.rule, W4A16TensorCore):
         for instruction in ("mma.sync.aligned.m16n8k16", "ldmatrix", "cp.async", "lowbit_decode_mma("):
             assert instruction in source
+    elif isinstance(chosen.rule, W4A16MmaGemv):
+        assert "lowbit_mma_dot(" in source and "uint4" in source and "__syncthreads" in source
     else:
         assert "uint4" in source  # 16-byte weight loads
         if chosen.op.reduction == "word":
-            assert "lowbit_word_dot" in source and "lop3.b32" in source
+            assert "lowbit_word_dot(" in source and "lop3.b32" in source
 
 
 @pytest.mark.parametrize("rule", [W4A16Gemv(), W4A16TensorCore(), W4A16MmaGemv()])

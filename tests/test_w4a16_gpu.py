@@ -86,8 +86,54 @@ def test_gemv_on_tensor_core_weights_matches_float64(target, scheme, m, k, n):
     assert err < 1e-2, f"m={m} k={k} n={n}: relative error {err:.2e}"
 
 
+# (K, N, scheme, MmaGemvConfig fields ky, ty, tiles, unroll, contiguous, stream): the load variants
+MMA_GEMV_VARIANTS = [(11008, 4096, "w4a16-g128", (43, 1, 1, 64, 0, 1)), (11008, 4096, "w4a16-g128", (43, 1, 8, 64, 1, 1)),
+                     (4160, 1040, "w4a16-g32-asym", (5, 1, 13, 0, 1, 1)), (4160, 1040, "w4a16-g32-asym", (5, 1, 2, 0, 1, 0))]
+
+
+@pytest.mark.parametrize("k,n,scheme,config", MMA_GEMV_VARIANTS)
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_on_tensor_core_weights_load_variants_match_float64(target, k, n, scheme, config, m):
+    """Interleaved vs contiguous K ranges, plain vs streaming weight loads, several steps loaded together."""
+    from lowbit_tvm.kernel import build_plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_dispatch import Plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_mma_gemv import MmaGemvConfig, W4A16MmaGemv  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    op = W4A16Op(n, k, get_scheme(scheme), m, layout="mma", reduction="word")
+    kernel = build_plan(Plan(W4A16MmaGemv(), op, MmaGemvConfig(*config)), target)
+    out = _run(kernel, x, qw).astype(np.float64)
+    ref = reference_matmul(x, qw)
+    assert np.isfinite(out).all(), "unwritten or non-finite outputs"
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 1e-2, f"{config} m={m}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("scheme,k,n", [("w4a16-g128", 4096, 4096), ("w4a16-g32-asym", 4096, 1024)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_word_gemv_with_streaming_loads_matches_float64(target, scheme, k, n, m):
+    """The row-layout word GEMV with its weights read by streaming loads (``stream=1``)."""
+    from lowbit_tvm.kernel import build_plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_dispatch import Plan  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.schedules.w4a16_gemv import GemvConfig, W4A16Gemv  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng()
+    qw = quantize(rng.standard_normal((n, k), dtype=np.float32), get_scheme(scheme))
+    x = rng.standard_normal((m, k)).astype(np.float16)
+    op = W4A16Op(n, k, get_scheme(scheme), m, reduction="word")
+    kernel = build_plan(Plan(W4A16Gemv(), op, GemvConfig(32, 4, 32, 64, 2, 1)), target)
+    out = _run(kernel, x, qw).astype(np.float64)
+    ref = reference_matmul(x, qw)
+    assert np.isfinite(out).all(), "unwritten or non-finite outputs"
+    err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert err < 1e-2, f"m={m}: relative error {err:.2e}"
+
+
 def _tuned_workloads():
-    """(K, N, M) of every workload in the committed database of the local GPU's arch."""
+    """(K, N, M) of every workload in the committed database of the local GPU's arch whose weight layout is
+    the one the dispatcher builds (a record of an op variant it no longer picks is never applied)."""
     from lowbit_tvm.codegen import detect_cuda_arch  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.tuning import database_dir, open_database  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.tvm_api import ms  # pylint: disable=import-outside-toplevel
@@ -96,11 +142,15 @@ def _tuned_workloads():
     database = open_database(database_dir(arch)) if arch else None
     if database is None:
         return []
+    from lowbit_tvm.schedules.w4a16_dispatch import plan  # pylint: disable=import-outside-toplevel
+
     shapes = set()
     for record in database.get_all_tuning_records():
         args = ms.arg_info.ArgInfo.from_prim_func(record.workload.mod["main"])
         (m, k), n = args[0].shape, args[-1].shape[1]
-        shapes.add((int(k), int(n), int(m)))
+        built = plan(W4A16Op(int(n), int(k), get_scheme("w4a16-g128"), int(m))).op
+        if tuple(int(d) for d in args[1].shape) == tuple(built.packed_shape):
+            shapes.add((int(k), int(n), int(m)))
     return sorted(shapes)
 
 

@@ -108,8 +108,9 @@ def tensor_core_config(op: W4A16Op, m: int | None = None) -> TensorCoreConfig:
 
 
 # Word-GEMV configs (tx, ty, vec, unroll, rows), best first; the first that tiles N and K/8 exactly is used,
-# else the flat GEMV. Only 32 lanes x 4 words per step: with fewer words per step (K=11008: K/8 = 32 * 43)
-# the word GEMV was slower than the flat one in an H100 sweep at M=1 (benchmarks/NOTES.md, v6).
+# else the GEMV on tensor-core weights, else the flat GEMV. Only 32 lanes x 4 words per step: with
+# fewer words per step (K=11008: K/8 = 32 * 43) the word GEMV was slower than the flat one in an H100 sweep
+# at M=1 (benchmarks/NOTES.md, v6), and the flat one slower than the GEMV on tensor-core weights (v7).
 GEMV_WORD_CONFIGS = (
     GemvConfig(32, 4, 32, 64, 2),
     GemvConfig(32, 1, 32, 64, 2),
@@ -118,18 +119,22 @@ GEMV_WORD_CONFIGS = (
 
 
 def gemv_plan(op: W4A16Op) -> Plan:
-    """The GEMV plan for ``op``: the word-dot op with the first fitting ``GEMV_WORD_CONFIGS`` entry, else the
-    flat op (fp32 decode, any shape) with ``GemvConfig()``."""
+    """The GEMV plan for ``op``: the word-dot op with the first fitting ``GEMV_WORD_CONFIGS`` entry, else
+    ``mma_gemv_plan`` (the GEMV on ``"mma"`` weights) where it tiles the shape, else the flat op (fp32
+    decode, any shape) with ``GemvConfig()``."""
     for config in GEMV_WORD_CONFIGS:
         if fits_words(op.n, op.k // 8, **asdict(config)):
             return Plan(W4A16Gemv(), op.with_layout("rows").with_reduction("word"), config)
-    return Plan(W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig())
+    return mma_gemv_plan(op) or Plan(
+        W4A16Gemv(), op.with_decode("float32").with_layout("rows").with_reduction("flat"), GemvConfig()
+    )
 
 
 # GEMV on tensor-core-layout weights: MMA_GEMV_KY half-warps per block (256 threads) is the best config or
 # within 12 % of it on the six Llama shapes of an H100 sweep (benchmarks/results/.../mma_gemv.json), as long
 # as the grid keeps MMA_GEMV_MIN_THREADS threads streaming weights: 11008x4096 has only 256 row tiles, and
-# its 688 K tiles split into 8 half-warps (34.8 us) or 43 (18.1 us), not 16.
+# its 688 K tiles split into 8 half-warps (34.8 us) or 43 (18.1 us), not 16. The load knobs (contiguous K
+# ranges, streaming loads) stay off: not measured in their current form (benchmarks/NOTES.md, v7).
 MMA_GEMV_KY = 16
 MMA_GEMV_MIN_THREADS = 64 * 1024
 MMA_GEMV_MAX_KY = 64
@@ -164,8 +169,9 @@ def plan(op: W4A16Op) -> Plan:
     cores cannot serve), tensor cores otherwise and for dynamic M.
 
     The returned ``plan.op`` carries the decode dtype, the weight layout and the reduction that rule reads:
-    ``"rows"`` (word dot products where the shape allows, see ``gemv_plan``) for the GEMV, ``"mma"``
-    (pre-shuffled fragments) for the tensor cores.
+    ``"rows"`` for the row GEMV (word dot products where the shape allows, see ``gemv_plan``), ``"mma"``
+    (pre-shuffled fragments) for the tensor cores and for the GEMV on them (shapes the word GEMV does not
+    tile, such as K=11008).
     """
     if op.m is not None and op.m <= GEMV_MAX_M and (op.m <= GEMV_PREFERRED_M or not _tensor_cores_fit(op)):
         return gemv_plan(op)

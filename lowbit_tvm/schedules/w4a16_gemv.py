@@ -8,13 +8,15 @@ kernel per small M, see ``lowbit_tvm.kernel.build``).
 
 Two forms of the op: ``reduction="flat"`` decodes each weight to fp32 and multiplies it by its scale
 (about 6 instructions per weight); ``reduction="word"`` tensorizes each packed word's fp16 dot product
-with ``half2`` arithmetic (``gemv_intrinsics``) and applies the scale once per word in fp32.
+with ``half2`` arithmetic (``gemv_intrinsics``) and applies the scale once per word in fp32; its weights
+can be read by streaming loads (``stream=1``: L1 bypass, L2 evict-first, ``stream_load``; off by default,
+not yet measured).
 """
 from dataclasses import dataclass
 
 from ..ops.w4a16 import CAST, DECODE, DOT, MATMUL
 from ..tvm_api import tirx
-from . import gemv_intrinsics
+from . import gemv_intrinsics, stream_load
 from .rule import ScheduleRule, find_block, read_index
 
 
@@ -27,6 +29,7 @@ class GemvConfig:
     vec: int = 32  # K elements per thread per step (vec / 8 packed words per load)
     unroll: int = 64  # auto-unroll limit
     rows: int = 2  # output rows per thread: each activation load then serves this many weight rows
+    stream: int = 0  # 1: word GEMV weights by streaming loads (``stream_load``; with vec = 32: 16-byte loads)
 
 
 class W4A16Gemv(ScheduleRule):
@@ -36,6 +39,7 @@ class W4A16Gemv(ScheduleRule):
     Config = GemvConfig
     SPACE = {"tx": (16, 32, 64), "ty": (1, 2, 4, 8, 16), "vec": (8, 16, 32), "unroll": (0, 16, 64, 256),
              "rows": (1, 2, 4)}
+    FIXED_WHEN_TUNING = ("stream",)  # the load kind: a plain int
 
     def schedule(self, sch, target, tunable=False, config=None):
         producer = find_block(sch, DOT) or find_block(sch, DECODE)
@@ -74,7 +78,8 @@ class W4A16Gemv(ScheduleRule):
         sch.reorder(bx, ty, tx, ko, row, wv, i)
         sch.annotate(ko, "pragma_auto_unroll_max_step", knob["unroll"])
         sch.annotate(ko, "pragma_unroll_explicit", 1)
-        sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE)
+        stream_source = stream_load.STREAM_SOURCE if knob["stream"] == 1 else ""
+        sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE + stream_source)
         sch.bind(bx, "blockIdx.x")
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
@@ -83,7 +88,12 @@ class W4A16Gemv(ScheduleRule):
         sch.set_scope(dot, 0, "local")
         weights = sch.cache_read(dot, read_index(sch, dot, "B"), "local")
         sch.compute_at(weights, ko, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(weights)[-1])
+        words = sch.get_loops(weights)[-1]
+        if knob["stream"] == 1 and isinstance(sch.get(words).extent, tirx.IntImm) and sch.get(words).extent == 4:
+            stream_load.register()
+            sch.tensorize(words, stream_load.STREAM_LOAD)
+        else:
+            sch.vectorize(words)
         acts = sch.cache_read(dot, read_index(sch, dot, "A"), "local")
         sch.compute_at(acts, ko, preserve_unit_loops=True)
         _, vec = sch.split(sch.get_loops(acts)[-1], [None, 8])

@@ -11,12 +11,16 @@ lanes ``4r .. 4r + 3``), so every load instruction of a warp covers 512 contiguo
 ``tiles`` such loads per loop iteration. A thread tensorizes its dots (``gemv_intrinsics.MMA_DOT``) and keeps
 fp32 sums for its two rows; the partial sums meet in shared memory, where 16 lanes per row tile add them up.
 M must be static.
+
+Two load knobs, off by default (not yet measured in this form, benchmarks/NOTES.md v7): ``contiguous=1``
+gives each lane octet its own K range, so a thread's ``tiles`` steps read neighbouring tiles and their
+loads are issued together; ``stream=1`` reads the weights with streaming loads (``stream_load``).
 """
 from dataclasses import dataclass
 
 from ..ops.w4a16 import ASUM, CAST, DOT, MATMUL
 from ..tvm_api import tirx
-from . import gemv_intrinsics
+from . import gemv_intrinsics, stream_load
 from .rule import ScheduleRule, find_block, read_index
 
 
@@ -26,8 +30,10 @@ class MmaGemvConfig:
 
     ky: int = 8  # half-warps splitting the K tiles (each reads two whole tiles, 256 contiguous bytes, per step)
     ty: int = 1  # 16-row tiles per block
-    tiles: int = 1  # steps per thread per loop iteration (independent loads in flight)
+    tiles: int = 1  # steps per thread per loop iteration, their weights loaded together (loads in flight)
     unroll: int = 64  # auto-unroll limit
+    contiguous: int = 0  # 1: each lane octet walks one contiguous K range (else half-warps interleave per step)
+    stream: int = 0  # 1: weights by streaming loads (L1 bypass, L2 evict-first: ``stream_load``)
 
 
 class W4A16MmaGemv(ScheduleRule):
@@ -36,6 +42,7 @@ class W4A16MmaGemv(ScheduleRule):
     name = "w4a16-mma-gemv"
     Config = MmaGemvConfig
     SPACE = {"ky": (4, 8, 16, 32, 64), "ty": (1, 2), "tiles": (1, 2), "unroll": (0, 16, 64)}
+    FIXED_WHEN_TUNING = ("contiguous", "stream")  # loop order and load kind: plain ints
 
     def schedule(self, sch, target, tunable=False, config=None):
         dot, matmul, cast = find_block(sch, DOT), find_block(sch, MATMUL), find_block(sch, CAST)
@@ -49,13 +56,27 @@ class W4A16MmaGemv(ScheduleRule):
         if all(isinstance(v, int) for v in knob.values()) and not fits_tiles(*shape, **knob):
             raise ValueError(f"GEMV config {knob} does not tile N/16={shape[0]}, K/16={shape[1]} exactly")
         bx, tz = sch.split(nt, [None, knob["ty"]])
-        ko, ki, ky, pair = sch.split(kt, [None, knob["tiles"], knob["ky"], 2])
-        kf = sch.fuse(ky, pair)
+        kf, ko, ki = self._split_k(sch, kt, knob)
         sch.reorder(bx, tz, kf, r, half, i, ko, ki)
         rf = sch.rfactor(kf, factor_axis=0)
         self._partial_sums(sch, rf, dot, find_block(sch, ASUM), knob)
         self._reduction(sch, matmul, cast, rf)
         return True
+
+    @staticmethod
+    def _split_k(sch, kt, knob):
+        """Split the K tiles into (half-warp, tile pair) ``kf`` and the steps ``ko, ki``; returns all three.
+
+        Interleaved: step ``s`` of half-warp ``y`` reads tile pair ``s * ky + y`` (a warp's load is 512
+        contiguous bytes). Contiguous: each of the ``2 ky`` lane octets (half-warp ``y``, ``pair``) walks its
+        own ``K / 2 ky`` range (four 128-byte pieces per warp load), so a thread's ``tiles`` steps read
+        neighbouring tiles: one load each, issued together.
+        """
+        if knob["contiguous"] == 1:
+            ky, pair, ko, ki = sch.split(kt, [knob["ky"], 2, None, knob["tiles"]])
+        else:
+            ko, ki, ky, pair = sch.split(kt, [None, knob["tiles"], knob["ky"], 2])
+        return sch.fuse(ky, pair), ko, ki
 
     @staticmethod
     def _partial_sums(sch, rf, dot, asum, knob):
@@ -65,7 +86,8 @@ class W4A16MmaGemv(ScheduleRule):
         lane = sch.fuse(kl, r)
         sch.annotate(ko, "pragma_auto_unroll_max_step", knob["unroll"])
         sch.annotate(ko, "pragma_unroll_explicit", 1)
-        sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE)
+        stream_source = stream_load.STREAM_SOURCE if knob["stream"] == 1 else ""
+        sch.annotate(ko, "pragma_import_c", gemv_intrinsics.GEMV_SOURCE + stream_source)
         sch.bind(bx, "blockIdx.x")
         sch.bind(tz, "threadIdx.z")
         sch.bind(ky, "threadIdx.y")
@@ -80,8 +102,13 @@ class W4A16MmaGemv(ScheduleRule):
             sch.compute_at(asum, ki)
             sch.set_scope(asum, 0, "local")
         weights = sch.cache_read(dot, read_index(sch, dot, "B"), "local")
-        sch.compute_at(weights, ki, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(weights)[-1])
+        # contiguous: the weights of all ``tiles`` steps first (loads in flight); interleaved steps are far apart
+        sch.compute_at(weights, ko if knob["contiguous"] == 1 else ki, preserve_unit_loops=True)
+        if knob["stream"] == 1:
+            stream_load.register()
+            sch.tensorize(sch.get_loops(weights)[-1], stream_load.STREAM_LOAD)
+        else:
+            sch.vectorize(sch.get_loops(weights)[-1])
         acts = sch.cache_read(dot, read_index(sch, dot, "A"), "local", consumer_blocks=consumers)
         sch.compute_at(acts, ki, preserve_unit_loops=True)
         _, vec = sch.split(sch.get_loops(acts)[-1], [None, 8])
