@@ -1,9 +1,10 @@
-"""Build Atom-style W4A8 / W8A8 linear layers: the quantize kernel and the int8 tensor-core GEMM(s), one module.
+"""Build Atom-style W4A8 / W8A8 / W4A4 linear layers: the quantize kernel and the tensor-core GEMM(s), one module.
 
 A call ``layer(x, *weights, out)`` runs, on the GPU: the fused reorder + per-token quantize kernel (``x`` fp16
-``[M, K]`` -> int8 ``[M_pad, main_k + outliers]`` and fp32 scales, in a workspace), the main GEMM, and, with
-outliers, the outlier GEMM adding onto ``out``. ``out`` is fp16 ``[M_pad, N]`` (rows padded to the block tile;
-use ``out[:M]``).
+``[M, K]`` -> int8 ``[M_pad, main_k + outliers]`` and fp32 scales, in a workspace; W4A4: the main part as packed
+int4 ``[M_pad, main_k / 2]`` with a scale per token and group of 128), the main GEMM, and, with outliers, the
+outlier GEMM (int8) adding onto ``out``. ``out`` is fp16 ``[M_pad, N]`` (rows padded to the block tile; use
+``out[:M]``).
 """
 from dataclasses import dataclass
 
@@ -11,11 +12,18 @@ import numpy as np
 
 from .errors import QuantizationError
 from .kernel import PASS_CONFIG
+from .ops.w4a4 import Int4GemmOp
+from .ops.w4a8 import IntGemmOp
+from .quant import atom_w4a4
 from .quant.atom import AtomScheme, AtomWeight
-from .schedules.w4a8_dispatch import LinearPlan, plan_linear
+from .schedules.w4a4_tensor_core import Int4GemmTensorCore
+from .schedules.w4a8_dispatch import LinearPlan, check_variant, plan_linear
 from .schedules.w4a8_quantize import ActQuant
 from .schedules.w4a8_tensor_core import IntGemmTensorCore
 from .tvm_api import tvm
+
+#: The schedule rule of each GEMM operator type.
+GEMM_RULES = {IntGemmOp: IntGemmTensorCore, Int4GemmOp: Int4GemmTensorCore}
 
 
 @dataclass
@@ -37,17 +45,20 @@ class W4A8Linear:
             raise QuantizationError(
                 f"weight is {aw.scheme.name} {aw.shape}, layer wants {self.plan.scheme.name} ({self.plan.n}, {self.plan.k})"
             )
-        args = [aw.perm, aw.packed(), np.ascontiguousarray(aw.scales.T)]  # scales group-major for the kernel
+        packed = atom_w4a4.packed_weight(aw) if self.plan.variant == "w4a4" else aw.packed()
+        args = [aw.perm, packed, np.ascontiguousarray(aw.scales.T)]  # scales group-major for the kernel
         if self.plan.scheme.outliers:
             args += [aw.packed_outliers(), np.ascontiguousarray(aw.outlier_scales.T)]
         return args
 
     def workspace(self) -> list:
-        """``[(shape, dtype)]`` of the quantized activations (main[, outliers]) and their per-token max |x|
-        (main[, outliers]); allocate once per M."""
+        """``[(shape, dtype)]`` of the quantized activations (main[, outliers]) and their per-token (W4A4's main
+        part: per token and group) max |x| (main[, outliers]); allocate once per M."""
         q = self.plan.quant
-        acts = [((q.m_pad, q.main_k), "int8")] + ([((q.m_pad, q.outliers), "int8")] if q.outliers else [])
-        return acts + [((q.m_pad,), "float32")] * len(acts)
+        main, main_max = q.main_shapes
+        if not q.outliers:
+            return [(main, "int8"), (main_max, "float32")]
+        return [(main, "int8"), ((q.m_pad, q.outliers), "int8"), (main_max, "float32"), ((q.m_pad,), "float32")]
 
     def functions(self) -> list:
         """The compiled functions, in call order."""
@@ -94,17 +105,49 @@ def schedule_plan(plan: LinearPlan, target) -> tvm.IRModule:
     sch = ActQuant().apply(plan.quant.prim_func(), target, config=plan.quant_config)
     functions[plan.quant.name] = sch.mod["main"].with_attr("global_symbol", plan.quant.name)
     for op, config in plan.gemms:
-        sch = IntGemmTensorCore().apply(op.prim_func(), target, config=config)
+        sch = GEMM_RULES[type(op)]().apply(op.prim_func(), target, config=config)
         functions[op.name] = sch.mod["main"].with_attr("global_symbol", op.name)
     return tvm.IRModule(functions)
 
 
-def build(m: int, n: int, k: int, scheme: AtomScheme, target, config=None) -> W4A8Linear:
-    """Plan, schedule and compile one layer for ``target`` (compiled device code, see ``lowbit_tvm.codegen``)."""
+def build_plan(plan: LinearPlan, target) -> W4A8Linear:
+    """Schedule and compile ``plan`` for ``target`` without checking the variant against the target (W4A4 on an
+    arch that emulates int4 mma builds too: for tests and measurements)."""
     from .codegen import build_module  # pylint: disable=import-outside-toplevel
 
-    plan = plan_linear(m, n, k, scheme, config)
     with tvm.transform.PassContext(config=PASS_CONFIG):
         module = build_module(schedule_plan(plan, target), target)
     return W4A8Linear(plan, module)
+
+
+def build(m: int, n: int, k: int, scheme: AtomScheme, target, config=None, variant: str | None = None) -> W4A8Linear:
+    """Plan, schedule and compile one layer for ``target`` (compiled device code, see ``lowbit_tvm.codegen``).
+
+    Parameters
+    ----------
+    m, n, k : int
+        Rows, output and input features.
+    scheme : AtomScheme
+        The weights' format (``AtomScheme(4, 128, o)`` for W4A8 and W4A4, ``W8A8``).
+    target : tvm.target.Target
+        A CUDA target.
+    config : IntGemmConfig or None
+        The main GEMM's knobs (default: ``gemm_config``).
+    variant : str or None
+        ``"w4a8"``, ``"w8a8"`` or ``"w4a4"`` (int4 activations, only on sm_80/86/89); None: W8A8 for int8
+        weights, else W4A8.
+
+    Raises
+    ------
+    CodegenError
+        For W4A4 on a target without native int4 tensor cores (e.g. sm_90: use W4A8), or an unknown variant.
+    QuantizationError
+        If the variant does not fit ``scheme`` or the shapes do not fit the kernels.
+    """
+    from .codegen import arch_of  # pylint: disable=import-outside-toplevel
+
+    variant = check_variant(variant or ("w8a8" if scheme.weight_bits == 8 else "w4a8"), arch_of(target))
+    if (variant == "w8a8") != (scheme.weight_bits == 8):
+        raise QuantizationError(f"variant {variant!r} does not fit weights {scheme.name}")
+    return build_plan(plan_linear(m, n, k, scheme, config, act_bits=4 if variant == "w4a4" else 8), target)
 

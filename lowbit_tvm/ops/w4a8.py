@@ -7,7 +7,9 @@ Two operators, each a frozen dataclass (cache, tuning and benchmark key) -> unsc
   ``max |x|`` per token of each (``[M_pad]`` each; the scale is that / 127, which the GEMM folds into its
   epilogue constant). Rows ``M..M_pad`` (padding
   up to the GEMM's block tile) are zeros. Blocks: ``gather`` (inlined), ``amax``/``quant``/``amax_store`` and
-  ``amax_o``/``quant_o``/``amax_store_o``.
+  ``amax_o``/``quant_o``/``amax_store_o``. With ``bits=4`` (W4A4) the main part is int4 per token and group of
+  128 channels (``q`` in [-7, 7], two codes per byte: int8 ``[M_pad, main_k / 2]``, ``max |x|`` fp32
+  ``[M_pad, main_k / 128]``, scale = that / 7); the outliers stay int8, and their blocks come first.
 - :class:`IntGemmOp`: ``C[m, n] = SA[m] * c * sum_g S[g, n] * P[m, n, g] (+ R[m, n])`` with
   ``P[m, n, g] = sum_{k in group g} A[m, k] * W[n, k]`` in int32 (``SA`` = max|x|, ``c = 1/127``, times
   1/16 for int4 weights, which the kernel unpacks to ``16 q``, see ``lowbit_tvm.quant.s8_layout``). Per-channel int8 weights (W8A8) are one
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from ..quant import s8_layout
 from ..quant.atom import ACT_MAX, AMAX_FLOOR
+from ..quant.atom_w4a4 import ACT4_MAX, GROUP
 from ..tvm_api import te, tirx
 
 DECODE, IGEMM, RESCALE, EPILOGUE = "decode", "igemm", "rescale", "epilogue"
@@ -43,6 +46,9 @@ class ActQuantOp:
         Rows of ``X``.
     m_pad : int
         Rows of the outputs (the GEMM's M, a multiple of its block tile).
+    bits : int
+        Main-part codes: 8 (one scale per token) or 4 (W4A4: packed pairs, one scale per token and group of
+        ``GROUP`` channels).
     """
 
     k: int
@@ -50,18 +56,27 @@ class ActQuantOp:
     outliers: int
     m: int
     m_pad: int
+    bits: int = 8
 
     @property
     def name(self) -> str:
-        return f"a8quant_m{self.m}_p{self.m_pad}_k{self.k}_main{self.main_k}_o{self.outliers}"
+        return f"a{self.bits}quant_m{self.m}_p{self.m_pad}_k{self.k}_main{self.main_k}_o{self.outliers}"
+
+    @property
+    def main_shapes(self) -> tuple:
+        """``((rows, bytes), maxima shape)`` of the main part's outputs."""
+        if self.bits == 4:
+            return (self.m_pad, self.main_k // 2), (self.m_pad, self.main_k // GROUP)
+        return (self.m_pad, self.main_k), (self.m_pad,)
 
     def to_json(self) -> dict:
-        return {"op": "a8quant", "m": self.m, "m_pad": self.m_pad, "k": self.k, "main_k": self.main_k,
-                "outliers": self.outliers}
+        record = {"op": "a8quant", "m": self.m, "m_pad": self.m_pad, "k": self.k, "main_k": self.main_k,
+                  "outliers": self.outliers}
+        return record if self.bits == 8 else {**record, "op": "a4quant", "bits": self.bits}
 
     def prim_func(self) -> tirx.PrimFunc:
         """``(X, perm, A[, AO], SA[, SO])``."""
-        return act_quant_op(self)
+        return act_quant_op(self) if self.bits == 8 else act_quant4_op(self)
 
 
 def _in_part(r, p, main_k):
@@ -85,11 +100,10 @@ def _quantizer(g, amax, start):
     return quant
 
 
-def act_quant_op(op: ActQuantOp) -> tirx.PrimFunc:
-    """The TensorIR of ``op`` (see :class:`ActQuantOp`)."""
-    total = op.main_k + op.outliers
+def _gathered(op: ActQuantOp) -> tuple:
+    """``(X, perm, G)``: ``G[i, j] = X[i, perm[j]]`` in fp32, zero for padding rows and channels."""
     x = te.placeholder((op.m, op.k), "float16", name="X")
-    perm = te.placeholder((total,), "int32", name="perm")
+    perm = te.placeholder((op.main_k + op.outliers,), "int32", name="perm")
 
     def gather(i, j):
         p = perm[j]
@@ -97,7 +111,12 @@ def act_quant_op(op: ActQuantOp) -> tirx.PrimFunc:
         value = x[tirx.min(i, op.m - 1), tirx.min(p, op.k - 1)].astype("float32")
         return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
 
-    g = te.compute((op.m_pad, total), gather, name=GATHER)
+    return x, perm, te.compute((op.m_pad, op.main_k + op.outliers), gather, name=GATHER)
+
+
+def act_quant_op(op: ActQuantOp) -> tirx.PrimFunc:
+    """The TensorIR of ``op`` (see :class:`ActQuantOp`)."""
+    x, perm, g = _gathered(op)
     quants, maxima = [], []
     for start, width, suffix in ((0, op.main_k, ""), (op.main_k, op.outliers, "_o")):
         if not width:
@@ -115,6 +134,47 @@ def act_quant_op(op: ActQuantOp) -> tirx.PrimFunc:
         maxima.append(amax)
     stores = [te.compute((op.m_pad,), _copy(a), name=STORE + s) for a, s in zip(maxima, ("", "_o"))]
     func = te.create_prim_func([x, perm, *quants, *stores])
+    return func.with_attr({"global_symbol": op.name, "tir.noalias": True})
+
+
+def _code4(g, amax, i, c):
+    """int32 ``clip(floor(x * 7 / amax + 1/2), -7, 7)`` of gathered channel ``c`` (its group's amax, floored)."""
+    qmax = tirx.const(ACT4_MAX, "float32")
+    inv = qmax / tirx.max(amax[i, c // GROUP], tirx.const(AMAX_FLOOR, "float32"))
+    q = tirx.floor(g[i, c] * inv + tirx.const(0.5, "float32"))
+    return tirx.max(tirx.min(q, qmax), -qmax).astype("int32")
+
+
+def act_quant4_op(op: ActQuantOp) -> tirx.PrimFunc:
+    """The TensorIR of an int4-mode ``op``: the outlier blocks (int8 per token) first, then the main part's per
+    group maxima (reading the outliers' maximum as ``min(amax_o, 0)``, which changes nothing, so the schedule can
+    place them in the outliers' row loop) and packed codes."""
+    x, perm, g = _gathered(op)
+    outputs, maxima = [], []
+    amax_o = None
+    if op.outliers:
+        r = te.reduce_axis((0, op.outliers), name="r_o")
+        amax_o = te.compute((op.m_pad,), lambda i: te.max(te.abs(g[i, op.main_k + r]), axis=r), name=AMAX + "_o")
+        outputs.append(te.compute((op.m_pad, op.outliers), _quantizer(g, amax_o, op.main_k), name=QUANT + "_o"))
+        maxima.append(te.compute((op.m_pad,), _copy(amax_o), name=STORE + "_o"))
+    r = te.reduce_axis((0, GROUP), name="r")
+
+    def group_max(i, gi):
+        value = te.abs(g[i, gi * GROUP + r])
+        if amax_o is not None:
+            value = tirx.max(value, tirx.min(amax_o[i], tirx.const(0.0, "float32")))
+        return te.max(value, axis=r)
+
+    amax = te.compute((op.m_pad, op.main_k // GROUP), group_max, name=AMAX)
+    low, high = (lambda i, b: _code4(g, amax, i, 2 * b)), (lambda i, b: _code4(g, amax, i, 2 * b + 1))
+    packed = te.compute(
+        (op.m_pad, op.main_k // 2),
+        lambda i, b: ((low(i, b) & tirx.const(15, "int32")) | (high(i, b) << tirx.const(4, "int32"))).astype("int8"),
+        name=QUANT,
+    )
+    store = te.compute((op.m_pad, op.main_k // GROUP), lambda i, gi: amax[i, gi], name=STORE)
+    # Argument order as the int8 mode's: (X, perm, A[, AO], SA[, SO]).
+    func = te.create_prim_func([x, perm, packed, *outputs, store, *maxima])
     return func.with_attr({"global_symbol": op.name, "tir.noalias": True})
 
 

@@ -13,8 +13,9 @@ A linear layer ``y = x W^T`` (``W`` is ``[N, K]``) is computed on integer tensor
   ``q = floor(x / s + 1/2)`` clipped to [-127, 127].
 - ``y = s_a[m] * sum_g s_w[n, g] * (int32 sum over group g) + s_o[m] * s_wo[n] * (int32 sum over outliers)``.
 
-Atom's W4A4 (no kernel here, the math only, for accuracy studies): the same weights, the main activation
-channels int4 symmetric per token and group of 128 permuted channels (:class:`ActivationScheme`, ``A4G128``),
+Atom's W4A4 (the math here, for accuracy studies; the kernel's packing and reference are in
+``quant.atom_w4a4``): the same weights, the main activation channels int4 symmetric per token and group of 128
+permuted channels (:class:`ActivationScheme`, ``A4G128``),
 the outliers int8 per token; :func:`dequantize_activations` gives what either format reads back.
 
 :func:`reference_matmul` evaluates exactly that in float64 from the quantized integers.

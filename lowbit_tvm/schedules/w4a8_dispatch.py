@@ -2,15 +2,18 @@
 
 A layer is the quantize kernel plus one GEMM (no outliers) or two: the main part (int4 group weights, or
 int8 per channel) and the outlier part (int8 x int8 over ``outliers`` channels, added onto the first's
-result). Variants: W4A8 and W8A8 on any sm_80+ target; W4A4 (native ``mma.m16n8k64.s4``) exists only on
-sm_80/86/89 and is not built here: asking for it raises, and on sm_90 (int4 mma emulated there, about 50
-TOPS against 1289 for int8) the error says to use W4A8.
+result). Variants: W4A8 and W8A8 on any sm_80+ target; W4A4 (int4 activations per token and group of 128,
+``mma.m16n8k64.s4``: ``lowbit_tvm.ops.w4a4``) only where int4 tensor cores are native (sm_80/86/89): on sm_90
+(int4 mma emulated there, about 50 TOPS against 1289 for int8) asking for it raises and says to use W4A8.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import CodegenError, QuantizationError
+from ..ops.w4a4 import Int4GemmOp
 from ..ops.w4a8 import ActQuantOp, IntGemmOp
+from ..quant import atom_w4a4
 from ..quant.atom import AtomScheme
+from .w4a4_tensor_core import Int4GemmConfig, Int4GemmTensorCore
 from .w4a8_quantize import ActQuantConfig
 from .w4a8_tensor_core import IntGemmConfig
 
@@ -35,19 +38,16 @@ def check_variant(variant: str, arch: str) -> str:
     Raises
     ------
     CodegenError
-        For ``"w4a4"`` (on sm_90 and newer: no native int4 tensor cores, use ``"w4a8"``; on sm_80/86/89: the
-        W4A4 kernel is not implemented yet) and for unknown variants.
+        For ``"w4a4"`` on other archs than sm_80/86/89 (sm_90 and newer emulate int4 mma: use ``"w4a8"``) and
+        for unknown variants.
     """
     if variant not in VARIANTS:
         raise CodegenError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    if variant == "w4a4":
-        base = arch.replace("a", "")
-        if base not in INT4_MMA_ARCHS:
-            raise CodegenError(
-                f"W4A4 needs native int4 tensor cores (sm_80/86/89); {arch} emulates int4 mma (about 50 TOPS vs "
-                "1289 for int8 on the H100): use variant 'w4a8' (int4 weights unpacked to int8 in registers)"
-            )
-        raise CodegenError(f"the W4A4 kernel (mma.m16n8k64.s4) is not implemented yet; use 'w4a8' on {arch}")
+    if variant == "w4a4" and arch.replace("a", "") not in INT4_MMA_ARCHS:
+        raise CodegenError(
+            f"W4A4 needs native int4 tensor cores (sm_80/86/89); {arch} emulates int4 mma (about 50 TOPS vs "
+            "1289 for int8 on the H100): use variant 'w4a8' (int4 weights unpacked to int8 in registers)"
+        )
     return variant
 
 
@@ -82,29 +82,54 @@ class LinearPlan:
     k: int
     quant: ActQuantOp
     quant_config: ActQuantConfig
-    gemms: tuple  # ((IntGemmOp, IntGemmConfig), ...)
+    gemms: tuple  # ((IntGemmOp or Int4GemmOp, its config), ...)
 
     @property
     def m_pad(self) -> int:
         return self.quant.m_pad
 
+    @property
+    def variant(self) -> str:
+        """``"w4a4"``, ``"w4a8"`` or ``"w8a8"``."""
+        if self.quant.bits == 4:
+            return "w4a4"
+        return "w4a8" if self.scheme.weight_bits == 4 else "w8a8"
 
-def plan_linear(m: int, n: int, k: int, scheme: AtomScheme, config: IntGemmConfig | None = None) -> LinearPlan:
+
+def _main_gemm(m_pad: int, n: int, main_k: int, scheme: AtomScheme, act_bits: int, config) -> tuple:
+    """(op, config) of the main part."""
+    if act_bits == 4:
+        atom_w4a4.check_scheme(scheme)
+        if not isinstance(config, Int4GemmConfig):  # e.g. the W4A8 defaults: at most 2 steps of 32 bytes here
+            config = Int4GemmConfig(**{**asdict(config), "k_inner": min(config.k_inner, Int4GemmConfig.k_inner)})
+        if config.k_inner not in Int4GemmTensorCore.SPACE["k_inner"]:
+            raise QuantizationError(f"W4A4 k_inner must be 1 or 2 (a group is 64 bytes), got {config.k_inner}")
+        return Int4GemmOp(n, main_k, atom_w4a4.GROUP, m_pad), config
+    if act_bits != 8:
+        raise QuantizationError(f"activation bits must be 8 (W4A8/W8A8) or 4 (W4A4), got {act_bits}")
+    return IntGemmOp(n, main_k, scheme.weight_bits, scheme.group_size or main_k, m_pad), config
+
+
+def plan_linear(m: int, n: int, k: int, scheme: AtomScheme, config: IntGemmConfig | None = None,
+                act_bits: int = 8) -> LinearPlan:
     """Plan the kernels of a ``[N, K]`` layer under ``scheme`` for ``m`` rows.
+
+    ``act_bits=4`` plans W4A4 (int4 main activations; ``scheme`` must be int4 weights in groups of 128); this
+    does not check the target (``check_variant`` does).
 
     Raises
     ------
     QuantizationError
-        If N is not a multiple of 16 or the outlier count does not fit K.
+        If N is not a multiple of 16, the outlier count does not fit K, or W4A4 gets another scheme.
     """
     if n % 16:
         raise QuantizationError(f"the int8 tensor-core kernels need N % 16 == 0, got N={n}; pad the weight rows")
     main_k = scheme.main_k(k)
     config = config or gemm_config(m, n)
     m_pad = -(-m // block_rows(config)) * block_rows(config)
-    quant = ActQuantOp(k, main_k, scheme.outliers, m, m_pad)
-    group = scheme.group_size or main_k
-    gemms = [(IntGemmOp(n, main_k, scheme.weight_bits, group, m_pad), config)]
+    quant = ActQuantOp(k, main_k, scheme.outliers, m, m_pad, act_bits)
+    main, config = _main_gemm(m_pad, n, main_k, scheme, act_bits, config)
+    gemms = [(main, config)]
     if scheme.outliers:
         k_inner = next(i for i in (4, 2, 1) if (scheme.outliers // 32) % i == 0)
         out_config = IntGemmConfig(config.warps_m, config.warps_n, config.tile_m, config.tile_n, k_inner, config.prefetch)

@@ -9,7 +9,12 @@
   physical one for C). ``..._fast`` converts int32 -> fp32 with the 1.5 * 2^23 trick (exact below 2^22 in
   magnitude: int4 groups of 128 reach at most 128 * 127 * 128).
 - ``mma_ldmatrix_i8_a_dyn``: TVM's int8 A ldmatrix on dynamic shared memory.
+- W4A4 (``lowbit_tvm.ops.w4a4``): ``lowbit_mma_s4s4s32_trans_b``, a 16x16x64 int4 tile product as two
+  ``mma.sync.m16n8k64.s4.s4.s32`` on byte fragments (two codes per byte: the 16x64 int4 tile has the register
+  layout of the 16x32 int8 one, so the int8 ldmatrix and weight fragments serve it unchanged), and
+  ``lowbit_rescale_i32_f32_row[_fast]``: the rescale times a per-row (token, group) activation scale too.
 """
+from ..ops.w4a4 import nibble
 from ..ops.w4a8 import fragment_value
 from ..quant import s8_layout
 from ..tvm_api import T, TensorIntrin, load_tensor_intrinsics
@@ -18,6 +23,9 @@ DECODE_S4 = "lowbit_decode_s4_s8"
 DECODE_S8 = "lowbit_decode_s8_s8"
 RESCALE = "lowbit_rescale_i32_f32"
 RESCALE_FAST = "lowbit_rescale_i32_f32_fast"
+RESCALE_ROW = "lowbit_rescale_i32_f32_row"
+RESCALE_ROW_FAST = "lowbit_rescale_i32_f32_row_fast"
+MMA_S4 = "lowbit_mma_s4s4s32_trans_b"
 LDMATRIX_I8_A_DYN = "lowbit_ldmatrix_i8_a_dyn"
 SOURCE = r"""
 #ifndef LOWBIT_S8_FRAG
@@ -137,6 +145,100 @@ def _rescale_impl(exact_convert: bool):
     return impl
 
 
+@T.prim_func(s_tir=True)
+def _rescale_row_desc(p: T.handle, s: T.handle, a: T.handle, c: T.handle) -> None:
+    s0 = T.int32()
+    s1 = T.int32()
+    a0 = T.int32()
+    a1 = T.int32()
+    part = T.match_buffer(p, (32, 8), "int32", scope="warp", offset_factor=1)
+    scale = T.match_buffer(s, (1, 16), "float16", strides=[s0, s1], offset_factor=1)
+    row_scale = T.match_buffer(a, (16, 1), "float32", strides=[a0, a1], offset_factor=1)
+    acc = T.match_buffer(c, (32, 8), "float32", scope="warp", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(acc[0:32, 0:8], part[0:32, 0:8], scale[0:1, 0:16], row_scale[0:16, 0:1])
+        T.writes(acc[0:32, 0:8])
+        for i, j in T.grid(16, 16):
+            with T.sblock("rescale"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                lane, local = T.meta_var(c_map(vi, vj))
+                acc[lane, local] = acc[lane, local] + T.Cast("float32", part[lane, local]) * (
+                    T.Cast("float32", scale[0, vj]) * row_scale[vi, 0]
+                )
+
+
+def _rescale_row_impl(exact_convert: bool):
+    """``acc += float(P) * (scale[column] * row_scale[row])`` per lane (C-fragment rows ``lane / 4`` and
+    ``lane / 4 + 8``); the conversion as in :func:`_rescale_impl`."""
+
+    def to_float(value):
+        if exact_convert:
+            return T.Cast("float32", value)
+        return T.reinterpret("float32", value + T.int32(0x4B400000)) - T.float32(12582912.0)
+
+    @T.prim_func(s_tir=True)
+    def impl(p: T.handle, s: T.handle, a: T.handle, c: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        a0 = T.int32()
+        a1 = T.int32()
+        part = T.match_buffer(p, (32, 8), "int32", scope="warp", offset_factor=1)
+        scale = T.match_buffer(s, (1, 16), "float16", strides=[s0, s1], offset_factor=1)
+        row_scale = T.match_buffer(a, (16, 1), "float32", strides=[a0, a1], offset_factor=1)
+        acc = T.match_buffer(c, (32, 8), "float32", scope="warp", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(acc[0:32, 0:8], part[0:32, 0:8], scale[0:1, 0:16], row_scale[0:16, 0:1])
+            T.writes(acc[0:32, 0:8])
+            for tx in T.thread_binding(0, 32, "threadIdx.x"):
+                for local in T.unroll(8):
+                    acc[tx, local] = acc[tx, local] + to_float(part[tx, local]) * (
+                        T.Cast("float32", scale[0, 8 * (local // 4) + 2 * (tx % 4) + local % 2])
+                        * row_scale[tx // 4 + 8 * (local % 4 // 2), 0]
+                    )
+
+    return impl
+
+
+@T.prim_func(s_tir=True)
+def _mma_s4_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (32, 16), "int8", align=64, offset_factor=32, scope="warp")
+    B = T.match_buffer(b, (32, 16), "int8", align=64, offset_factor=32, scope="warp")
+    C = T.match_buffer(c, (32, 8), "int32", align=64, offset_factor=16, scope="warp")
+    with T.sblock("root"):
+        T.reads(C[0:32, 0:8], A[0:32, 0:16], B[0:32, 0:16])
+        T.writes(C[0:32, 0:8])
+        for i, j, k, h in T.grid(16, 16, 32, 2):
+            with T.sblock("C"):
+                vi, vj, vk, vh = T.axis.remap("SSRR", [i, j, k, h])
+                lane_c, local_c = T.meta_var(c_map(vi, vj))
+                lane_a, local_a = T.meta_var(a_map(vi, vk))
+                lane_b, local_b = T.meta_var(a_map(vj, vk))
+                C[lane_c, local_c] = C[lane_c, local_c] + nibble(A[lane_a, local_a], vh) * nibble(B[lane_b, local_b], vh)
+
+
+@T.prim_func(s_tir=True)
+def _mma_s4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (32, 16), "int8", align=64, offset_factor=32, scope="warp")
+    B = T.match_buffer(b, (32, 16), "int8", align=64, offset_factor=32, scope="warp")
+    C = T.match_buffer(c, (32, 8), "int32", align=64, offset_factor=16, scope="warp")
+    with T.sblock("root"):
+        T.reads(C[0:32, 0:8], A[0:32, 0:16], B[0:32, 0:16])
+        T.writes(C[0:32, 0:8])
+        for tx in T.thread_binding(0, 32, "threadIdx.x"):
+            # Output columns 0-7 read the lane's B bytes 0-7 (fragment rows 0-7), columns 8-15 bytes 8-15.
+            for half in T.unroll(2):
+                T.evaluate(
+                    T.ptx_legacy.mma(
+                        "m16n8k64", "row", "col", "int4", "int4", "int32",
+                        A.data, A.elem_offset + tx * 16,
+                        B.data, B.elem_offset + tx * 16 + half * 8,
+                        C.data, C.elem_offset + tx * 8 + half * 4,
+                        False,
+                        dtype="int32",
+                    )
+                )
+
+
 #: Largest |int32 group sum| that the fast conversion handles exactly.
 FAST_CONVERT_LIMIT = 1 << 22
 
@@ -152,6 +254,9 @@ def register():
         TensorIntrin.register(DECODE_S8, *_decode_pair(8, "lowbit_s8_frag"), override=True)
         TensorIntrin.register(RESCALE, _rescale_desc, _rescale_impl(True), override=True)
         TensorIntrin.register(RESCALE_FAST, _rescale_desc, _rescale_impl(False), override=True)
+        TensorIntrin.register(RESCALE_ROW, _rescale_row_desc, _rescale_row_impl(True), override=True)
+        TensorIntrin.register(RESCALE_ROW_FAST, _rescale_row_desc, _rescale_row_impl(False), override=True)
+        TensorIntrin.register(MMA_S4, _mma_s4_desc, _mma_s4_impl, override=True)
         TensorIntrin.register(
             LDMATRIX_I8_A_DYN, *cuda.get_ldmatrix_intrin(32, "int8", "A", False, "shared.dyn"), override=True
         )

@@ -55,12 +55,19 @@ class IntGemmTensorCore(ScheduleRule):
         "prefetch": (1, 2, 3),
     }
 
+    # The igemm block's reduction axes (W4A4's adds the nibble axis), TVM's 16x16x32 int8 mma, the rescale ones.
+    REDUCE_AXES = 1
+    MMA_INTRIN = "mma_i8i8i32_trans_b"
+    RESCALE_INTRINS = (intrin.RESCALE, intrin.RESCALE_FAST)
+
     def schedule(self, sch, target, tunable=False, config=None):
         blocks = [find_block(sch, name) for name in (DECODE, IGEMM, RESCALE, EPILOGUE)]
         if any(block is None for block in blocks):
             return False
-        intrin.register()
         decode, igemm, rescale, _ = blocks
+        if sum(int(v.iter_type) == 2 for v in sch.get(igemm).iter_vars) != self.REDUCE_AXES:  # 2: reduction
+            return False
+        intrin.register()
         bits = 4 if len(sch.get(decode).reads[0].source.shape) == 4 and int(sch.get(decode).reads[0].source.shape[3]) == 2 else 8
         knob = self.knobs(sch, tunable, config)
         loops = self._tile(sch, rescale, knob)
@@ -90,16 +97,15 @@ class IntGemmTensorCore(ScheduleRule):
         sch.bind(warp, "threadIdx.y")
         return {"g": g, "warp": warp, "rescale_outer": sch.blockize(i_tc)}
 
-    @staticmethod
-    def _igemm(sch, igemm, loops, knob):
-        """The group's int32 GEMM under ``g``: 16x16x32 mma tiles, K split into ``k0`` x ``k1``."""
+    def _igemm(self, sch, igemm, loops, knob):
+        """The group's int32 GEMM under ``g``: 16x16x32 mma tiles (32 bytes of K), K split into ``k0`` x ``k1``."""
         sch.compute_at(igemm, loops["g"])
         own = loops_inside(sch, igemm, loops["g"])
-        i, j, r = own[0], own[1], own[-1]
+        i, j, r, inner = own[0], own[1], own[2], own[3:]  # inner: W4A4's nibble axis
         i_o, i_tc = sch.split(i, [None, 16])
         j_o, j_tc = sch.split(j, [None, 16])
         k0, k1, k_tc = sch.split(r, [None, knob["k_inner"], 32])
-        sch.reorder(k0, k1, i_o, j_o, i_tc, j_tc, k_tc)
+        sch.reorder(k0, k1, i_o, j_o, i_tc, j_tc, k_tc, *inner)
         loops["k0"], loops["k1"] = k0, k1
         return sch.blockize(i_tc)
 
@@ -136,8 +142,7 @@ class IntGemmTensorCore(ScheduleRule):
         sch.transform_layout(decode, ("write", 0), _a_index)
         sch.tensorize(row_i, intrin.DECODE_S4 if bits == 4 else intrin.DECODE_S8)
 
-    @staticmethod
-    def _tensorize(sch, igemm, igemm_outer, loops, a_shared):
+    def _tensorize(self, sch, igemm, igemm_outer, loops, a_shared):
         cuda = intrin.register()
         a_warp = sch.cache_read(igemm_outer, read_index(sch, igemm_outer, sch.get(a_shared).writes[0].source.name), "warp")
         sch.compute_at(a_warp, loops["k1"])
@@ -151,7 +156,7 @@ class IntGemmTensorCore(ScheduleRule):
         sch.transform_layout(igemm_outer, ("write", 0), _p_index)
         sch.decompose_reduction(igemm_outer, loops["k0"])
         init = sch.get_sblock(sch.get(igemm).name_hint + "_init")
-        sch.tensorize(sch.get_loops(igemm)[-3], cuda.MMA_i8i8i32_TRANS_B_INTRIN)
+        sch.tensorize(sch.get_loops(igemm)[-2 - self.REDUCE_AXES], self.MMA_INTRIN)
         sch.tensorize(sch.get_loops(init)[-2], cuda.MMA_fill_16x16_i32_INTRIN)
 
     @staticmethod
@@ -161,8 +166,7 @@ class IntGemmTensorCore(ScheduleRule):
         group = 32 * int(sch.get(loops["k0"]).extent) * int(sch.get(loops["k1"]).extent)
         return group * 127 * (128 if bits == 4 else 127) < intrin.FAST_CONVERT_LIMIT
 
-    @staticmethod
-    def _accumulators(sch, rescale, loops, fast):
+    def _accumulators(self, sch, rescale, loops, fast):
         """fp32 accumulators in registers, staged through shared memory for the epilogue."""
         cuda = intrin.register()
         outer = loops["rescale_outer"]
@@ -177,7 +181,7 @@ class IntGemmTensorCore(ScheduleRule):
         col_o, col_i = sch.split(col, [None, 16])
         sch.reorder(row_o, col_o, row_i, col_i)
         sch.transform_layout(acc, ("read", 0), _c_index)
-        sch.tensorize(sch.get_loops(rescale)[-2], intrin.RESCALE_FAST if fast else intrin.RESCALE)
+        sch.tensorize(sch.get_loops(rescale)[-2], self.RESCALE_INTRINS[fast])
         sch.tensorize(sch.get_loops(init)[-2], cuda.MMA_fill_16x16_f32_INTRIN)
         sch.tensorize(row_i, cuda.MMA_store_16x16_f32_shared_dyn_INTRIN_SIMPLE)
         return staged
