@@ -110,3 +110,58 @@ def test_bcq_graph_on_the_gpu_matches_dequantized_hf(gpu_bcq):
 def test_bcq_lut_decode_on_the_gpu_agrees_with_scoring(gpu_bcq):
     engine, _ = gpu_bcq
     check_decode_matches_scoring(engine, ODD.vocab_size, 13, 1e-2)
+
+
+def _word_checkpoint(seed: int):
+    """A random ODD checkpoint with a word-level tokenizer, and a random text of its words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.checkpoints import Checkpoint  # pylint: disable=import-outside-toplevel
+
+    words = [f"w{i}" for i in range(ODD.vocab_size - 1)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = " ".join(np.random.default_rng(seed).choice(words, 300))
+    return Checkpoint(ODD, random_weights(ODD, seed), tokenizer.to_str()), text
+
+
+def test_aware_bcq_checkpoint_packs_into_the_graph_and_beats_plain_bcq_on_its_inputs():
+    from lowbit_tvm.models.builder import graph  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.checkpoints import with_aware_bcq  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.quantize import pack_weights  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.quant import BCQWeight  # pylint: disable=import-outside-toplevel
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+    checkpoint, text = _word_checkpoint(21)
+    scheme = weight_scheme(SCHEME)
+    out = with_aware_bcq(checkpoint, scheme, skip=("lm_head", "*.down_proj"), text=text, iterations=3)
+    fitted = {name for name, value in out.weights.items() if isinstance(value, BCQWeight)}
+    expected = {f"model.layers.{i}.{layer}.weight" for i in range(ODD.num_hidden_layers)
+                for layer in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj")}
+    assert fitted == expected
+    assert "model.layers.0.self_attn.q_proj.weight" not in out.weights  # replaced by the fused fit
+    assert isinstance(out.weights["model.layers.0.mlp.down_proj.weight"], np.ndarray)  # skipped: float
+    model, _, names = graph(ModelRecipe(ODD, SCHEME, "float32", ("lm_head", "*.down_proj")), LLVM)
+    assert len(pack_weights(model, out.weights, names, "float32")) == len(names)
+    # On its calibration inputs the activation-weighted fit has the smaller output error.
+    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(text).ids
+    name = "model.layers.1.mlp.gate_proj.weight"
+    x = linear_inputs(ODD.to_json(), checkpoint.weights, ids, ("gate_proj",))[name]
+    weight = np.concatenate([checkpoint.weights[name], checkpoint.weights[name.replace("gate", "up")]])
+    k = weight.shape[1]
+    plain = bcq_dequantize(bcq_quantize(np.pad(weight, ((0, 0), (0, bcq_padded_k(k, scheme) - k))), scheme, 3))
+    aware = bcq_dequantize(out.weights["model.layers.1.mlp.gate_up_proj.weight"])
+    errors = [np.linalg.norm(x @ (weight - w[:, :k]).T) for w in (plain, aware)]
+    assert errors[1] < errors[0]
+
+
+def test_cli_takes_awq_for_bcq_schemes_and_refuses_gptq():
+    from argparse import Namespace  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.cli import _calibration_scheme  # pylint: disable=import-outside-toplevel
+
+    args = Namespace(scheme="bcq3-g128", awq=True, gptq=False, gptq_windows=32)
+    assert _calibration_scheme(args) == weight_scheme("bcq3-g128")
+    with pytest.raises(ModelConfigError, match="--awq alone makes that fit activation-aware"):
+        _calibration_scheme(Namespace(scheme="bcq3-g128", awq=True, gptq=True, gptq_windows=32))

@@ -1,6 +1,8 @@
 """Where a preset's real weights come from (a GGUF checkpoint), as HF-named float32 arrays."""
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .config import LlamaConfig, ModelConfigError, get_preset
 from .recipe import DEFAULT_SKIP
 
@@ -124,3 +126,81 @@ def gptq_recipe(scheme, awq: bool = False):
     from .calibration import CalibrationRecipe  # pylint: disable=import-outside-toplevel
 
     return CalibrationRecipe(scheme, gptq=True, awq=awq, clip=awq, act_order=True)
+
+
+#: Tokens of the calibration text whose activations weight the activation-aware BCQ fit.
+AWARE_BCQ_TOKENS = 512
+# Graph linear layer (under ``model.layers.<i>.``) -> its HF parts and the HF layer whose input it reads.
+_BCQ_LAYERS = (
+    ("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.q_proj"),
+    ("self_attn.o_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+    ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.gate_proj"),
+    ("mlp.down_proj", ("mlp.down_proj",), "mlp.down_proj"),
+)
+
+
+def with_aware_bcq(checkpoint: Checkpoint, scheme, *, skip=DEFAULT_SKIP, tokens: int = AWARE_BCQ_TOKENS,
+                   text: str | None = None, iterations: int = 10) -> Checkpoint:
+    """A checkpoint whose decoder linear layers are fit to BCQ weighted by their inputs' activation energy.
+
+    Activation-aware BCQ (``quant.bcq.bcq_quantize(..., channel_weights=...)``): the least squares of the fit
+    weigh each input channel by its mean square activation on the first ``tokens`` tokens of the calibration
+    text (gensim's ``lee.cor``, disjoint from the perplexity text), with HF transformers running the float
+    model. The fused graph layers (``qkv_proj``, ``gate_up_proj``) are fit as one stacked weight (their parts
+    share the input); their ``BCQWeight`` replaces the parts, K zero-padded as ``BCQLinear`` pads it.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The float checkpoint.
+    scheme : BCQScheme
+        The BCQ scheme the model is built with.
+    skip : tuple of str
+        Graph layer-name patterns (``fnmatch``, e.g. ``*.qkv_proj``) kept in floating point.
+    tokens : int
+        Calibration tokens.
+    text : str, optional
+        The calibration text (default: ``corpus.calibration_text()``; never the evaluation text).
+    iterations : int
+        Alternating refinement rounds of the fit.
+
+    Raises
+    ------
+    ModelConfigError
+        If the checkpoint has no tokenizer.
+    """
+    from fnmatch import fnmatch  # pylint: disable=import-outside-toplevel
+
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+    from .corpus import calibration_text  # pylint: disable=import-outside-toplevel
+    from .hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
+
+    if checkpoint.tokenizer_json is None:
+        raise ModelConfigError("activation-aware BCQ needs the checkpoint's tokenizer (none was stored)")
+    text = calibration_text() if text is None else text
+    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(text).ids[:tokens]
+    sources = tuple(sorted({source.rpartition(".")[2] for _, _, source in _BCQ_LAYERS}))
+    inputs = linear_inputs(checkpoint.config.to_json(), checkpoint.weights, ids, sources)
+    weights = dict(checkpoint.weights)
+    for layer in range(checkpoint.config.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        for graph, parts, source in _BCQ_LAYERS:
+            if not any(fnmatch(prefix + graph, pattern) for pattern in skip):
+                stacked = np.concatenate([weights.pop(f"{prefix}{part}.weight") for part in parts])
+                weights[f"{prefix}{graph}.weight"] = _aware_bcq_fit(stacked, inputs[f"{prefix}{source}.weight"],
+                                                                    scheme, iterations)
+    return replace(checkpoint, weights=weights)
+
+
+def _aware_bcq_fit(weight: np.ndarray, inputs: np.ndarray, scheme, iterations: int):
+    """``weight`` [N, K] fit to BCQ (K padded as ``BCQLinear`` pads it) weighted by ``inputs``' channel energy."""
+    from ..quant.bcq import bcq_quantize  # pylint: disable=import-outside-toplevel
+    from .bcq_linear import bcq_padded_k  # pylint: disable=import-outside-toplevel
+
+    k = weight.shape[1]
+    pad = bcq_padded_k(k, scheme) - k
+    energy = np.pad((inputs**2).mean(axis=0), (0, pad))
+    energy = energy + 1e-3 * energy.mean()  # padded columns and dead channels keep a little weight
+    return bcq_quantize(np.pad(weight.astype(np.float32), ((0, 0), (0, pad))), scheme, iterations,
+                        channel_weights=energy)

@@ -2,15 +2,16 @@
 
 A registry maps a scheme type to the layer class that runs it; each such class takes
 ``(in_features, out_features, scheme, target)`` and has ``pack(weight) -> {param: array}``. A weight that is
-already quantized (a ``QuantizedWeight``, e.g. from GPTQ: ``lowbit_tvm.models.calibration``) is laid out as it
-is instead of being quantized by round-to-nearest.
+already quantized (a ``QuantizedWeight``, e.g. from GPTQ: ``lowbit_tvm.models.calibration``, or a ``BCQWeight``
+from the activation-aware fit: ``checkpoints.with_aware_bcq``) is laid out as it is instead of being quantized
+by round-to-nearest or plain BCQ.
 """
 from fnmatch import fnmatch
 
 import numpy as np
 
 from ..kernel import prepare_weights
-from ..quant import BCQScheme, Int4Scheme, QuantizedWeight
+from ..quant import BCQScheme, BCQWeight, Int4Scheme, QuantizedWeight
 from ..tvm_api import relax_nn as nn
 from .bcq_linear import BCQLinear
 from .config import ModelConfigError
@@ -20,6 +21,8 @@ from .recipe import DEFAULT_SKIP
 from .w4a16_linear import W4A16Linear
 
 LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear, BCQScheme: BCQLinear}
+# Weights fit offline (GPTQ, activation-aware BCQ) that a layer lays out as they are.
+FITTED = (QuantizedWeight, BCQWeight)
 
 
 def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
@@ -80,8 +83,8 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
     """The model's parameter arrays in ``param_names`` order, from float weights with HF names.
 
     Quantized layers quantize and lay out their ``<layer>.weight`` (or lay out a ``QuantizedWeight`` given for
-    it: K zero-padded as the layer pads it; a fused layer's parts are stacked along the rows); every other
-    parameter is cast to ``dtype``.
+    it: K zero-padded as the layer pads it; a fused layer's parts are stacked along the rows; or a ``BCQWeight``
+    given for the fused or plain layer name); every other parameter is cast to ``dtype``.
 
     Raises
     ------
@@ -101,7 +104,7 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
             arrays.append(packed[layer_name][param])
             continue
         array = _weight(weights, name)
-        if isinstance(array, QuantizedWeight):
+        if isinstance(array, FITTED):
             raise ModelConfigError(f"{name} is quantized ({array.scheme.name}) but its layer is kept in floating "
                                    "point; quantize only the layers the recipe quantizes")
         shape = tuple(int(d) for d in expected[name].shape)
@@ -112,7 +115,10 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
 
 
 def _pack(layer, name: str, weight) -> dict:
-    """``layer.pack(weight)`` for a float weight; a ``QuantizedWeight`` is laid out for the layer's kernel as is."""
+    """``layer.pack(weight)`` for a float weight or a ``BCQWeight`` (the BCQ layer checks it); a
+    ``QuantizedWeight`` is laid out for the layer's kernel as is."""
+    if isinstance(weight, BCQWeight) and not isinstance(layer, BCQLinear):
+        raise ModelConfigError(f"{name}: a {weight.scheme.name} weight was given for a layer that is not BCQ")
     if not isinstance(weight, QuantizedWeight):
         return layer.pack(weight)
     op = getattr(layer, "op", None)
@@ -145,4 +151,4 @@ def _weight(weights: dict, name: str):
     if name not in weights:
         raise ModelConfigError(f"weight {name} is missing (the weights have {len(weights)} tensors)")
     value = weights[name]
-    return value if isinstance(value, QuantizedWeight) else np.asarray(value)
+    return value if isinstance(value, FITTED) else np.asarray(value)
