@@ -3,7 +3,7 @@ TVM's PDL tag; older archs and the CPU are untouched."""
 import pytest
 
 from lowbit_tvm.codegen import build_module, cuda_target, pdl
-from lowbit_tvm.tvm_api import T, Target, tvm
+from lowbit_tvm.tvm_api import T, Target, structural_equal, tvm
 
 
 @T.prim_func(s_tir=True)
@@ -52,3 +52,15 @@ def test_library_records_the_launch_tag(tmp_path):
 
     path = export_library(build_module(_scale, cuda_target("sm_90")), tmp_path / "scale.so")
     assert path.read_bytes().count(pdl.PDL_TAG.encode()) == 1
+
+
+def test_pass_is_idempotent():
+    target = cuda_target("sm_90")
+    kernel = tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(0)).with_attrs(
+        {"target": target, "tirx.is_global_func": True, "tirx.kernel_launch_params": ["blockIdx.x"]}
+    )
+    once = pdl.programmatic_dependent_launch(tvm.IRModule({"k": kernel}))
+    twice = pdl.programmatic_dependent_launch(once)
+    assert structural_equal(once, twice)
+    assert pdl._has_prologue(once["k"]) and list(once["k"].attrs["tirx.kernel_launch_params"]) == [
+        "blockIdx.x", pdl.PDL_TAG]

@@ -67,7 +67,7 @@ def _has_prologue(func) -> bool:
     if not isinstance(body, tirx.SeqStmt) or not isinstance(body[0], tirx.Evaluate):
         return False
     call = body[0].value
-    return isinstance(call, tirx.Call) and len(call.args) > 0 and str(call.args[0]) == _WAIT
+    return isinstance(call, tvm.ir.Call) and len(call.args) > 0 and getattr(call.args[0], "value", None) == _WAIT
 
 
 @tvm.transform.module_pass(opt_level=0, name="lowbit.ProgrammaticDependentLaunch")
