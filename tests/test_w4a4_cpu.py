@@ -9,14 +9,8 @@ from lowbit_tvm.ops.w4a4 import Int4GemmOp
 from lowbit_tvm.ops.w4a8 import ActQuantOp, IntGemmOp
 from lowbit_tvm.quant import atom, atom_w4a4, s8_layout
 from lowbit_tvm.schedules.w4a8_dispatch import check_variant, plan_linear
-from lowbit_tvm.tvm_api import tvm
 
-
-def _llvm(func, args):
-    lib = tvm.compile(func, target="llvm")
-    tensors = [tvm.runtime.tensor(a) for a in args]
-    lib[func.attrs["global_symbol"]](*tensors)
-    return [t.numpy() for t in tensors]
+from test_w4a8_cpu import _llvm
 
 
 def _layer_on_llvm(x, aw, m_pad):
