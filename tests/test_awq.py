@@ -76,3 +76,35 @@ def test_clipping_lowers_the_output_error_per_group():
         errors = [np.linalg.norm(x @ (w - dequantize(qw)).T) for qw in (clipped, quantize(w, scheme))]
         assert errors[0] < 0.97 * errors[1], (name, errors)  # 4-5 % lower here
         assert np.all(clipped.scales <= quantize(w, scheme).scales)  # ranges only shrink
+
+
+GQA = ODD.__class__(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=120, tie_word_embeddings=True)
+
+
+def test_o_proj_scale_is_tied_per_kv_head_and_folded_into_v():
+    from lowbit_tvm.quant.awq import scale_layer, tie_heads  # pylint: disable=import-outside-toplevel
+
+    weights = random_weights(GQA, 11)
+    v = "model.layers.0.self_attn.v_proj.weight"
+    weights[v][[3, 21]] *= 25.0  # two value dims per kv head give the attention output outlier channels
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, GQA.vocab_size, 48)
+    kinds = (*GROUP_INPUTS, "o_proj")
+    inputs = linear_inputs(GQA.to_json(), weights, ids, kinds)
+    stats = {f"{group}": ("inputs", inputs[f"model.layers.0.{group}.weight"], None)
+             for group in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")}
+    scaled = dict(weights)
+    choices = scale_layer(scaled, "model.layers.0.", stats, get_scheme("w4a16-g32"), grid=10, heads=(4, 2))
+    assert [c.layers[0].split(".")[-2] for c in choices] == ["q_proj", "o_proj", "gate_proj", "down_proj"]
+    o_choice = choices[1]
+    assert o_choice.alpha > 0 and o_choice.error < o_choice.rtn_error
+    per_head = o_choice.scale.reshape(2, 2, 16)  # [kv head, query heads sharing it, head dim]
+    assert np.array_equal(per_head[:, 0], per_head[:, 1]) and not np.allclose(per_head[0, 0], per_head[1, 0])
+    assert np.array_equal(tie_heads(np.arange(64.0), 4, 2)[:16], np.arange(8.0, 24.0))  # heads 0, 1 -> kv head 0
+    other = rng.integers(0, GQA.vocab_size, 37)
+    assert rel(hf_logits(GQA, scaled, other), hf_logits(GQA, weights, other)) < 1e-5
+    # the kv heads' scales folded the other way round change the model
+    swapped = per_head[::-1, 0].reshape(-1, 1)
+    wrong = dict(scaled, **{v: (weights[v] * choices[0].scale / swapped).astype(np.float32)})
+    assert rel(hf_logits(GQA, wrong, other), hf_logits(GQA, weights, other)) > 1e-3

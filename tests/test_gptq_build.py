@@ -104,3 +104,54 @@ def test_checkpoint_with_gptq_keeps_the_float_patterns():
         assert isinstance(value, QuantizedWeight) == quantized, name
     with pytest.raises(ModelConfigError, match="needs the checkpoint's tokenizer"):
         with_gptq(Checkpoint(ODD, checkpoint.weights, None), get_scheme("w4a16-g64"))
+
+
+def test_true_sequential_recollects_the_inputs_inside_each_layer():
+    weights = random_weights(ODD, 10)
+    scheme = get_scheme("w4a16-g64-asym")
+    sequential, true_sequential = [
+        calibrate(ODD.to_json(), weights, _windows(2), CalibrationRecipe(scheme, act_order=True, **{flag: True}))
+        for flag in ("sequential", "true_sequential")]
+    qkv, down = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"
+    assert np.array_equal(sequential[qkv].packed, true_sequential[qkv].packed)  # the first group sees the same inputs
+    assert not np.array_equal(sequential[down].packed, true_sequential[down].packed)  # down sees quantized q..up
+
+
+def test_awq_for_o_proj_keeps_every_linear_quantized_and_beats_rtn(calibrated):
+    weights, plain = calibrated
+    recipe = CalibrationRecipe(get_scheme(SCHEME), awq=True, awq_o=True, clip=True, act_order=True,
+                               true_sequential=True)
+    out = calibrate(ODD.to_json(), weights, _windows(), recipe)
+    v = "model.layers.0.self_attn.v_proj.weight"
+    assert isinstance(out[v], QuantizedWeight) and not np.array_equal(out[v].scales, plain[v].scales)
+    ids = _windows(0)[0]
+    reference = hf_logits(ODD, weights, ids)
+    ours = rel(hf_logits(ODD, dequantized(out, weights), ids), reference)
+    assert ours < 0.8 * rel(hf_logits(ODD, rtn_dequantized(weights, SCHEME), ids), reference)
+
+
+def test_awq_for_o_proj_needs_the_heads():
+    from lowbit_tvm.errors import QuantizationError  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.calibration import InputStats, quantize_layer  # pylint: disable=import-outside-toplevel
+
+    weights = random_weights(ODD, 12)
+    stats = {name: InputStats(np.eye(k), np.ones(k), 1) for name, k in
+             (("attn_in", 96), ("attn_out", 96), ("mlp_in", 96), ("mlp_mid", 160))}
+    recipe = CalibrationRecipe(get_scheme(SCHEME), awq=True, awq_o=True)
+    with pytest.raises(QuantizationError, match=r"o_proj need the attention's \(heads, key/value heads\)"):
+        quantize_layer(weights, 0, stats, recipe, lambda _: False)
+
+
+@pytest.mark.parametrize("k", [1, 31, 96, 160, 576, 1000])
+@pytest.mark.parametrize("name", ["w4a16-g32", "w4a16-g64-asym", "w4a16-g128", "w4a16-g128-asym"])
+def test_calibration_pads_k_as_the_w4a16_layer_does(k, name):
+    from lowbit_tvm.models import calibration, w4a16_linear  # pylint: disable=import-outside-toplevel
+
+    assert calibration.padded_k(k, get_scheme(name)) == w4a16_linear.padded_k(k, get_scheme(name))
+
+
+def test_build_recipe_is_act_order_and_true_sequential():
+    from lowbit_tvm.models.checkpoints import gptq_recipe  # pylint: disable=import-outside-toplevel
+
+    recipe = gptq_recipe(get_scheme("w4a16-g128-asym"), awq=True)
+    assert recipe.true_sequential and recipe.act_order and recipe.awq and recipe.clip and not recipe.awq_o

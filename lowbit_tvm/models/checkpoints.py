@@ -78,7 +78,8 @@ def with_gptq(checkpoint: Checkpoint, scheme, *, awq: bool = False, skip=DEFAULT
     """A checkpoint whose decoder linear layers are GPTQ-quantized, calibrated on Wikipedia text.
 
     Per decoder layer (``lowbit_tvm.models.calibration``): optional AWQ scales folded into the norms and
-    ``up`` rows, then GPTQ (with the recipe of ``gptq_recipe``) on the second moments of the layer's inputs,
+    ``up`` rows, then GPTQ (with the recipe of ``gptq_recipe``: act-order, true-sequential) on the second
+    moments of the layer's inputs,
     run with HF transformers on ``windows`` x 512 tokens of ``corpus.wiki_calibration_text`` (disjoint from
     the perplexity text). The quantized layers hold ``QuantizedWeight`` values (K zero-padded as the W4A16
     layer pads it), which ``save_model`` lays out as they are.
@@ -125,7 +126,7 @@ def gptq_recipe(scheme, awq: bool = False):
     """The calibration recipe of ``with_gptq`` (the best of ``benchmarks/smollm2_perplexity.py``'s methods)."""
     from .calibration import CalibrationRecipe  # pylint: disable=import-outside-toplevel
 
-    return CalibrationRecipe(scheme, gptq=True, awq=awq, clip=awq, act_order=True)
+    return CalibrationRecipe(scheme, gptq=True, awq=awq, clip=awq, act_order=True, true_sequential=True)
 
 
 #: Tokens of the calibration text whose activations weight the activation-aware BCQ fit.

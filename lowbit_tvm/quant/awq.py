@@ -19,8 +19,11 @@ the output error is ``sqrt(tr(D H D^T))`` for a weight error ``D``), which
 and group, the range ratio whose round-to-nearest output error ``d^T H_gg d`` is smallest.
 
 ``GROUP_INPUTS`` names the layers whose inputs the search needs (see ``lowbit_tvm.models.hf_reference.linear_inputs``).
-The attention output projection is left as is (its input channels belong to query heads that share key/value
-heads, so a per-channel scale cannot be folded into ``v`` without tying heads together).
+By default the attention output projection is left as is. With ``heads`` given to ``scale_layer`` it is scaled
+too, as AWQ does for ``v -> o`` (there for multi-head attention only): its input channel ``(query head h, dim d)``
+is ``attention(h) . v[kv head of h, d]``, so a scale folded into the rows of ``v`` divides that channel for every
+query head sharing the key/value head. The scale is therefore tied: one value per ``(kv head, d)``, searched from
+``mean|x|`` averaged over the query heads of each key/value head.
 """
 from dataclasses import dataclass, field
 
@@ -35,6 +38,8 @@ _GROUPS = (
     (("mlp.gate_proj", "mlp.up_proj"), ("norm", "post_attention_layernorm")),
     (("mlp.down_proj",), ("rows", "mlp.up_proj")),
 )
+# The optional o_proj group (scale tied per key/value head, folded into the rows of v), searched after q/k/v.
+_O_GROUP = (("self_attn.o_proj",), ("heads", "self_attn.v_proj"))
 
 
 # The layer kinds whose inputs ``awq_transform`` needs (each group's first layer).
@@ -80,7 +85,12 @@ def search_scale(x: np.ndarray, w: np.ndarray, scheme: Int4Scheme, grid: int = 2
         and the same error of plain round-to-nearest.
     """
     x = np.asarray(x, dtype=np.float64)
-    return _search(lambda diff: float(np.linalg.norm(x @ diff.T)), np.abs(x).mean(axis=0), w, scheme, grid)
+    return _search(_error_on_inputs(x), np.abs(x).mean(axis=0), w, scheme, grid)
+
+
+def _error_on_inputs(x: np.ndarray):
+    """``error_of(weight difference) -> ||x diff^T||`` for inputs ``x`` [T, K]."""
+    return lambda diff: float(np.linalg.norm(x @ diff.T))
 
 
 def search_scale_stats(hessian: np.ndarray, mean_abs: np.ndarray, w: np.ndarray, scheme: Int4Scheme, grid: int = 20):
@@ -106,7 +116,7 @@ def _search(error_of, mean_abs, w, scheme, grid):
     return (*best, rtn_error)
 
 
-def scale_layer(weights: dict, prefix: str, stats: dict, scheme: Int4Scheme, grid: int = 20) -> list:
+def scale_layer(weights: dict, prefix: str, stats: dict, scheme: Int4Scheme, grid: int = 20, heads=None) -> list:
     """Search and fold the AWQ scales of one decoder layer into ``weights`` (in place).
 
     Parameters
@@ -116,34 +126,63 @@ def scale_layer(weights: dict, prefix: str, stats: dict, scheme: Int4Scheme, gri
     prefix : str
         The layer's name prefix, e.g. ``model.layers.3.``.
     stats : dict
-        Per group's first layer kind (``self_attn.q_proj``, ``mlp.gate_proj``, ``mlp.down_proj``):
-        Either ``("hessian", X^T X [K, K], mean |x| [K])`` or ``("inputs", X [T, K], mean |x| [K])`` of its
-        inputs in the unscaled model.
+        Per group's first layer kind (``self_attn.q_proj``, ``mlp.gate_proj``, ``mlp.down_proj``, and
+        ``self_attn.o_proj`` with ``heads``): either ``("hessian", X^T X [K, K], mean |x| [K])`` or
+        ``("inputs", X [T, K], mean |x| [K] or None)`` of its inputs in the unscaled model.
     scheme : Int4Scheme
         The int4 scheme the layers will be quantized with.
     grid : int
         Exponents tried: ``0, 1/grid, ..., (grid - 1)/grid``.
+    heads : (int, int), optional
+        ``(attention heads, key/value heads)``: also scale o_proj, the scale tied per key/value head and
+        folded into the rows of v (see the module docstring). Default: o_proj is not scaled.
 
     Returns
     -------
     list of ScaleChoice
-        One per group, in ``_GROUPS`` order (each group's inputs are divided by its ``scale``).
+        One per group, in ``_GROUPS`` order with the o_proj group after q/k/v (each group's inputs are divided
+        by its ``scale``).
     """
+    groups = _GROUPS if heads is None else (_GROUPS[0], _O_GROUP, *_GROUPS[1:])
     choices = []
-    for names, (kind, target) in _GROUPS:
+    for names, (kind, target) in groups:
         keys = [f"{prefix}{name}.weight" for name in names]
         stacked = np.concatenate([weights[key] for key in keys], axis=0).astype(np.float64)
         kind_of_stats, moments, mean_abs = stats[names[0]]
+        if mean_abs is None:
+            mean_abs = np.abs(np.asarray(moments, dtype=np.float64)).mean(axis=0)
+        if kind == "heads":
+            mean_abs = tie_heads(mean_abs, *heads)
         if kind_of_stats == "inputs":
-            scale, alpha, error, rtn_error = search_scale(moments, stacked, scheme, grid)
+            error_of = _error_on_inputs(np.asarray(moments, dtype=np.float64))
         else:
-            scale, alpha, error, rtn_error = search_scale_stats(moments, mean_abs, stacked, scheme, grid)
+            error_of = lambda diff, h=moments: output_error(diff, h)  # noqa: E731
+        scale, alpha, error, rtn_error = _search(error_of, mean_abs, stacked, scheme, grid)
         for key in keys:
             weights[key] = (weights[key] * scale).astype(np.float32)
         fold = f"{prefix}{target}.weight"
-        weights[fold] = (weights[fold] / (scale if kind == "norm" else scale[:, None])).astype(np.float32)
+        weights[fold] = (weights[fold] / _fold_divisor(kind, scale, heads)).astype(np.float32)
         choices.append(ScaleChoice(tuple(keys), alpha, error, rtn_error, scale))
     return choices
+
+
+def tie_heads(values: np.ndarray, heads: int, kv_heads: int) -> np.ndarray:
+    """Per-channel ``values`` of the attention output [heads * head_dim], averaged over the query heads that
+    share each key/value head and repeated back to [heads * head_dim] (HF's ``repeat_kv`` order: query head
+    ``h`` reads key/value head ``h // (heads // kv_heads)``)."""
+    per_head = np.asarray(values, dtype=np.float64).reshape(kv_heads, heads // kv_heads, -1)
+    return np.broadcast_to(per_head.mean(axis=1, keepdims=True), per_head.shape).reshape(-1).copy()
+
+
+def _fold_divisor(kind: str, scale: np.ndarray, heads) -> np.ndarray:
+    """What the fold target is divided by: a norm weight by ``scale``, rows of ``up`` by ``scale[:, None]``, rows
+    of ``v`` [kv_heads * head_dim, K] by one query head's copy of the tied scale per key/value head."""
+    if kind == "norm":
+        return scale
+    if kind == "rows":
+        return scale[:, None]
+    count, kv_heads = heads
+    return scale.reshape(kv_heads, count // kv_heads, -1)[:, 0, :].reshape(-1, 1)
 
 
 def clip_grid(w: np.ndarray, hessian: np.ndarray, scheme: Int4Scheme, ratios=CLIP_RATIOS) -> QuantizedWeight:
