@@ -100,6 +100,9 @@ def _add_build(sub):
                    "(47.86)")
     p.add_argument("--gptq-windows", type=int, default=32, metavar="N",
                    help="with --gptq: calibration windows of 512 tokens, spread over the text (default 32)")
+    p.add_argument("--calibration-device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="with --gptq: where the float model runs while calibrating (default auto: cuda when torch "
+                   "sees a GPU, else cpu; the quantizers run on the CPU either way)")
     p.add_argument("-o", "--output", type=Path, required=True, help="library file to write (.so)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -241,11 +244,12 @@ def _build(args):
 
         target, dtype = tvm.target.Target({"kind": "llvm"}), "float32"
     calibrated = _calibration_scheme(args)
+    device = _calibration_device(args.calibration_device) if args.gptq else None
     print(f"reading the {args.model} checkpoint ...", flush=True)
     checkpoint = load_checkpoint(args.model, args.gguf)
     recipe = ModelRecipe(checkpoint.config, args.scheme, dtype, tuple(args.keep_fp))
     if args.gptq:
-        checkpoint = _with_gptq(checkpoint, calibrated, recipe.skip, args)
+        checkpoint = _with_gptq(checkpoint, calibrated, recipe.skip, args, device)
     elif args.awq and args.scheme.startswith("bcq"):
         checkpoint = _with_aware_bcq(checkpoint, calibrated, recipe.skip)
     elif args.awq:
@@ -290,15 +294,28 @@ def _with_aware_bcq(checkpoint, scheme, skip):
     return with_aware_bcq(checkpoint, scheme, skip=skip)
 
 
-def _with_gptq(checkpoint, scheme, skip, args):
+def _with_gptq(checkpoint, scheme, skip, args, device):
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
     from .models.checkpoints import with_gptq  # pylint: disable=import-outside-toplevel
 
     steps = "AWQ scales, clipping and GPTQ" if args.awq else "GPTQ"
-    print(f"calibrating {steps} on {args.gptq_windows} x 512 tokens of Wikipedia text ...", flush=True)
+    print(f"calibrating {steps} on {args.gptq_windows} x 512 tokens of Wikipedia text ({device}) ...", flush=True)
     return with_gptq(checkpoint, scheme, awq=args.awq, skip=skip, windows=args.gptq_windows,
-                     progress=lambda layers: tqdm(layers, desc="calibrating", unit="layer"))
+                     progress=lambda layers: tqdm(layers, desc="calibrating", unit="layer"), device=device)
+
+
+def _calibration_device(choice: str) -> str:
+    """The torch device of ``--calibration-device`` (``auto``: cuda when torch sees a GPU)."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from .models.config import ModelConfigError  # pylint: disable=import-outside-toplevel
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelConfigError("--calibration-device cuda: torch sees no CUDA GPU here (use cpu or auto)")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
 
 
 def _compile(args):

@@ -155,3 +155,15 @@ def test_build_recipe_is_act_order_and_true_sequential():
 
     recipe = gptq_recipe(get_scheme("w4a16-g128-asym"), awq=True)
     assert recipe.true_sequential and recipe.act_order and recipe.awq and recipe.clip and not recipe.awq_o
+
+
+def test_cli_calibration_device_must_exist(tmp_path, capsys):
+    import torch  # pylint: disable=import-outside-toplevel
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --calibration-device cuda is valid here")
+    args = ["build", "--model", "smollm2-135m", "--target", "llvm", "-o", str(tmp_path / "m.so"), "--gptq",
+            "--calibration-device", "cuda"]
+    assert main(args) == 2
+    assert "torch sees no CUDA GPU here" in capsys.readouterr().err
+    assert not (tmp_path / "m.so").exists()
