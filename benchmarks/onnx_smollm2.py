@@ -1,6 +1,7 @@
 """SmolLM2-135M through the ONNX frontend (CPU): export, import, compile for llvm, compare, perplexity.
 
 Usage: python benchmarks/onnx_smollm2.py [--scratch DIR] [--windows N] [--steps fp w4 nbits]
+       python benchmarks/onnx_smollm2.py --dynamic dynamo|torchscript [--scratch DIR]
 
 1. ``fp``: HF ``LlamaForCausalLM`` built from the GGUF's config and dequantized weights (``hf_llama``), exported
    with ``torch.onnx.export`` (TorchScript exporter, logits over ``input_ids`` [1, 512], no KV cache) into
@@ -17,10 +18,10 @@ Usage: python benchmarks/onnx_smollm2.py [--scratch DIR] [--windows N] [--steps 
 
 Writes ``benchmarks/results/onnx_smollm2.json``.
 
-The input shape is static: exported with dynamic batch/sequence axes, the graph computes its reshape targets
-from ``Shape`` ops, and TVM 0.27's importer loses the dimensions of those reshapes and then fails on a
-``Gather`` of a ``Shape`` (``shape_of expects a tensor input, but received R.Shape(ndim=4)``). Small graphs with
-dynamic dimensions work (``tests/test_onnx_compile.py``).
+The perplexity steps use a static input shape. ``--dynamic dynamo`` (``dynamo=True``, needs ``onnxscript``) or
+``--dynamic torchscript`` (``dynamic_axes``) instead exports with dynamic batch/sequence dimensions, compiles the
+fp model for llvm once and runs it at two (batch, seq) shapes against onnxruntime (no perplexity); it records
+``fp_dynamic_<exporter>``. Both graphs need ``frontend/onnx_converters.py`` to import in TVM 0.27.
 """
 import argparse
 import json
@@ -33,13 +34,18 @@ import numpy as np
 from lowbit_tvm.frontend import compile_onnx, load
 
 RESULTS = Path(__file__).parent / "results" / "onnx_smollm2.json"
-# The exported graph's static input shape [1, WINDOW] (TVM 0.27's importer fails on the dynamic-shape export, see
-# the module docstring), which is also the perplexity window.
+# The static export's input shape [1, WINDOW], which is also the perplexity window.
 WINDOW = 512
+# (batch, seq) shapes run through one library built from the dynamic export.
+DYNAMIC_SHAPES = ((1, 9), (2, 33))
 
 
-def export_onnx(path: Path) -> Path:
-    """SmolLM2-135M (dequantized GGUF weights in HF ``LlamaForCausalLM``) as a logits-only ONNX graph."""
+def export_onnx(path: Path, dynamic: str | None = None) -> Path:
+    """SmolLM2-135M (dequantized GGUF weights in HF ``LlamaForCausalLM``) as a logits-only ONNX graph.
+
+    Static ([1, WINDOW], TorchScript exporter), or with dynamic batch and sequence by the exporter ``dynamic``
+    names (``"dynamo"`` or ``"torchscript"``).
+    """
     import torch  # pylint: disable=import-outside-toplevel
 
     from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # pylint: disable=C0415
@@ -63,8 +69,19 @@ def export_onnx(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, WINDOW)),), str(path), dynamo=False,
-                          input_names=["input_ids"], output_names=["logits"], opset_version=17)
+        if dynamic == "dynamo":
+            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2, max=2048)}
+            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=True,
+                              input_names=["input_ids"], output_names=["logits"], opset_version=18,
+                              dynamic_shapes=(dims,), external_data=False)
+        elif dynamic == "torchscript":
+            axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=False,
+                              input_names=["input_ids"], output_names=["logits"], opset_version=17,
+                              dynamic_axes=axes)
+        else:
+            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, WINDOW)),), str(path), dynamo=False,
+                              input_names=["input_ids"], output_names=["logits"], opset_version=17)
     return path
 
 
@@ -165,14 +182,38 @@ def compile_timed(source: Path, out: Path, scheme) -> tuple:
     return result, {"compile_seconds": round(time.time() - start, 1), "layers": kinds}
 
 
+def dynamic_check(scratch: Path, exporter: str) -> dict:
+    """Compile the dynamic-shape fp export once; logits at ``DYNAMIC_SHAPES`` vs onnxruntime on the same file."""
+    path = export_onnx(scratch / f"smollm2_dynamic_{exporter}.onnx", dynamic=exporter)
+    _, info = compile_timed(path, scratch / f"fp_dynamic_{exporter}.so", "fp16")
+    engine = load(scratch / f"fp_dynamic_{exporter}.so")
+    info["input_shape"] = engine.inputs[0]["shape"]
+    rng = np.random.default_rng(0)
+    for batch, seq in DYNAMIC_SHAPES:
+        ids = rng.integers(0, 49152, (batch, seq)).astype(np.int64)
+        start = time.time()
+        logits = engine(input_ids=ids)["logits"]
+        info[f"{batch}x{seq}"] = {"forward_seconds": round(time.time() - start, 2),
+                                  "logits_rel_error_vs_onnxruntime": rel(logits, ort_logits(path, ids))}
+    return info
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", type=Path, default=Path("/work/scratch/issue6"))
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--steps", nargs="+", default=["hf", "fp", "w4", "nbits"])
     parser.add_argument("--schemes", nargs="+", default=["w4a16-g128-asym", "w4a16-g128"], help="for the w4 step")
+    parser.add_argument("--dynamic", choices=["dynamo", "torchscript"],
+                        help="only a dynamic batch/sequence export by this exporter: compile fp, compare at two shapes")
     args = parser.parse_args()
     records = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.dynamic:
+        key = f"fp_dynamic_{args.dynamic}"
+        records[key] = dynamic_check(args.scratch, args.dynamic)
+        RESULTS.write_text(json.dumps(records, indent=1) + "\n")
+        print(key, records[key], flush=True)
+        return
     fp_onnx = export_onnx(args.scratch / "smollm2_static.onnx")
     ids = np.random.default_rng(0).integers(0, 49152, (1, WINDOW)).astype(np.int64)
     fp_ref = ort_logits(fp_onnx, ids)

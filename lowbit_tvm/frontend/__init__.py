@@ -6,7 +6,8 @@
 importer mishandles), ``onnx_prequantized`` (MatMulNBits and
 block-wise DequantizeLinear weights in our format), ``onnx_import`` (operator check, ``from_onnx``),
 ``onnx_quantize_pass`` (the Relax pass onto the W4A16 kernel), ``onnx_calibrate`` (GPTQ calibration inputs),
-``onnx_library`` (build and save), ``onnx_engine`` (load and run).
+``onnx_library`` (build and save), ``onnx_engine`` (load and run), ``onnx_converters`` (TVM converter overrides:
+``Range`` over a dynamic dimension).
 """
 import importlib
 

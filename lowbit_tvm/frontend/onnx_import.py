@@ -1,4 +1,5 @@
-"""Import an ONNX model into Relax: read, pre-pass (``onnx_linears``), check operators, ``from_onnx``.
+"""Import an ONNX model into Relax: read, pre-pass (``onnx_linears``), check operators, ``from_onnx``
+(TVM's importer with the converter overrides of ``onnx_converters``).
 
 Every operator that neither TVM's ONNX importer nor our pre-pass handles is listed, with its node names, in
 one ``UnsupportedOperatorError`` before anything is converted.
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import ModelError, UnsupportedOperatorError
 from ..tvm_api import onnx_frontend
+from .onnx_converters import from_onnx
 from .onnx_linears import NormalizedGraph, normalize
 from .onnx_read import read_onnx
 
@@ -92,7 +94,7 @@ def import_onnx(path) -> ImportedModel:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mod = onnx_frontend().from_onnx(graph.model)
+            mod = from_onnx(graph.model)
     except Exception as err:
         raise ModelError(f"TVM's ONNX importer failed on {path}: {str(err).strip().splitlines()[-1]}") from err
     return ImportedModel(mod, graph, [o.name for o in graph.model.graph.output])

@@ -46,6 +46,9 @@ class LinearWeight:
         For a weight that the graph holds already quantized.
     activation : str
         The name of the layer's input tensor in the ONNX graph (what calibration records).
+    scope : str
+        The torch module the node came from, where the exporter recorded it (the dynamo exporter's
+        ``pkg.torch.onnx.name_scopes`` metadata, e.g. ``model.lm_head``; it renames nodes and weights), else "".
     """
 
     param: str
@@ -57,6 +60,7 @@ class LinearWeight:
     dense: np.ndarray | None = None
     prequantized: Prequantized | None = None
     activation: str = ""
+    scope: str = ""
 
     def float_weight(self) -> np.ndarray:
         """float32 ``[N, K]`` (the dequantized values for a pre-quantized weight)."""
@@ -162,6 +166,23 @@ def _onnx_dtype(elem_type) -> np.dtype:
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
+_TORCH_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _torch_scope(node) -> str:
+    """The innermost torch module scope the dynamo exporter recorded for ``node`` ("" if none)."""
+    import ast  # pylint: disable=import-outside-toplevel
+
+    for prop in node.metadata_props:
+        if prop.key == _TORCH_SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return ""
+            return str(scopes[-2]) if isinstance(scopes, list) and len(scopes) >= 2 else ""
+    return ""
+
+
 class _Rewriter:
     """Walks the nodes, replacing linear layers (see the module docstring)."""
 
@@ -175,7 +196,9 @@ class _Rewriter:
     def _add_linear(self, node, source, k, n, dtype, dense=None, prequantized=None) -> str:
         param = f"{LINEAR_PREFIX}{len(self.linears)}"
         name = node.name or node.output[0]
-        self.linears.append(LinearWeight(param, name, source, k, n, dtype, dense, prequantized, node.input[0]))
+        self.linears.append(
+            LinearWeight(param, name, source, k, n, dtype, dense, prequantized, node.input[0], _torch_scope(node))
+        )
         return param
 
     def _matmul_node(self, node, x: str, param: str, output: str, bias: str | None):

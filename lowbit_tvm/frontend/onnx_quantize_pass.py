@@ -39,7 +39,8 @@ class LayerRecord:
 
 def _matches(linear, patterns) -> str | None:
     for pattern in patterns:
-        if any(fnmatch(name, pattern) or fnmatch(name, f"*{pattern}*") for name in (linear.node, linear.source)):
+        names = [name for name in (linear.node, linear.source, linear.scope) if name]
+        if any(fnmatch(name, pattern) or fnmatch(name, f"*{pattern}*") for name in names):
             return pattern
     return None
 
@@ -57,7 +58,7 @@ class QuantizeLinears:
         The build target.
     keep_float : tuple of str
         Layer-name patterns (``fnmatch``, also matched as substrings) of float weights to leave unquantized;
-        matched against the ONNX node name and the weight's name.
+        matched against the ONNX node name, the weight's name and the torch module scope the exporter recorded.
     hessians : dict of str to numpy.ndarray, optional
         ``X^T X`` of each layer's inputs on calibration data, by parameter name: those layers are quantized
         with GPTQ instead of round-to-nearest.
