@@ -88,13 +88,19 @@ class GQSAMethod:
 
 @dataclass(frozen=True)
 class KVMethod:
-    """Quantized KV cache (``lowbit_tvm.quant.kv4``), fp or W4A16 RTN weights."""
+    """Quantized KV cache (``lowbit_tvm.quant.kv4``) beside fp weights, W4A16 RTN weights (``w4a16``) or the
+    build's calibrated W4A16 weights (``calibrated``: ``lowbit-tvm build --scheme w4a16-g128-asym --gptq --awq``)."""
 
     scheme: KVScheme
     w4a16: bool = False
+    calibrated: bool = False
 
     def settings(self) -> dict:
-        weights = Int4Scheme(GROUP, True).to_json() | {"rounding": "rtn"} if self.w4a16 else "fp32"
+        weights = "fp32"
+        if self.calibrated:
+            weights = Int4Scheme(GROUP, False).to_json() | {"rounding": "build --gptq --awq (true-sequential)"}
+        elif self.w4a16:
+            weights = Int4Scheme(GROUP, True).to_json() | {"rounding": "rtn"}
         return {"kv_cache": self.scheme.to_json(), "weights": weights, "activations": "fp32"}
 
 
@@ -112,7 +118,19 @@ def _registry() -> dict:
     for group in (64, 32):
         out[f"kv4-g{group}"] = KVMethod(KVScheme(4, group))
         out[f"w4a16-kv4-g{group}"] = KVMethod(KVScheme(4, group), True)
+    out["w4a16cal-kv4-g32"] = KVMethod(KVScheme(4, 32), calibrated=True)
     return out
+
+
+def calibrated_w4a16(model) -> dict:
+    """The float weights of the build's calibrated W4A16 model (AWQ-scaled norms, dequantized linears)."""
+    from lowbit_tvm.models.calibration import dequantized  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.checkpoints import Checkpoint, with_gptq  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.config import LlamaConfig  # pylint: disable=import-outside-toplevel
+
+    checkpoint = Checkpoint(LlamaConfig.from_dict(model.config), dict(model.weights), model.tokenizer().to_str())
+    calibrated = with_gptq(checkpoint, Int4Scheme(GROUP, False), awq=True)
+    return dequantized(calibrated.weights, model.weights)
 
 
 METHODS = _registry()
@@ -261,6 +279,8 @@ def evaluate(method, model, linears: dict, hessians: dict, calib: dict, ids, win
         scheme = Int4Scheme(GROUP, True)
         replaced = {name: dequantize(quantize(np.pad(w, ((0, 0), (0, -w.shape[1] % GROUP))), scheme))[:, : w.shape[1]]
                     for name, w in linears.items()} if method.w4a16 else {}
+        if method.calibrated:
+            replaced = calibrated_w4a16(model)
         hf = hf_with(model, replaced)
         cache = kv_cache_class(method.scheme)
     try:
