@@ -10,7 +10,7 @@ from lowbit_tvm import load
 from lowbit_tvm.codegen import build_module
 from lowbit_tvm.codegen.target import cuda_target
 from lowbit_tvm.errors import QuantizationError
-from lowbit_tvm.models.bcq_linear import BCQLinear, bcq_padded_k
+from lowbit_tvm.models.bcq_linear import BCQLinear
 from lowbit_tvm.models.builder import save_model
 from lowbit_tvm.models.config import ModelConfigError
 from lowbit_tvm.models.recipe import ModelRecipe
@@ -18,7 +18,7 @@ from lowbit_tvm.models.weight_schemes import weight_scheme
 from lowbit_tvm.quant import bcq_dequantize, bcq_quantize
 from lowbit_tvm.tvm_api import tvm
 
-from test_llama_cpu import LLVM, ODD, check_decode_matches_scoring, hf_logits, random_weights, rel
+from test_llama_cpu import LLVM, ODD, check_decode_matches_scoring, hf_logits, random_weights, rel, word_checkpoint
 
 SCHEME = "bcq3-g64"
 
@@ -33,7 +33,7 @@ def bcq_dequantized(weights: dict, skip=("lm_head",)) -> dict:
             out[name] = array
             continue
         k = array.shape[1]
-        full = np.pad(array, ((0, 0), (0, bcq_padded_k(k, scheme) - k)))
+        full = np.pad(array, ((0, 0), (0, scheme.padded_k(k) - k)))
         out[name] = bcq_dequantize(bcq_quantize(full, scheme))[:, :k]
     return out
 
@@ -112,19 +112,6 @@ def test_bcq_lut_decode_on_the_gpu_agrees_with_scoring(gpu_bcq):
     check_decode_matches_scoring(engine, ODD.vocab_size, 13, 1e-2)
 
 
-def _word_checkpoint(seed: int):
-    """A random ODD checkpoint with a word-level tokenizer, and a random text of its words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
-
-    from lowbit_tvm.models.checkpoints import Checkpoint  # pylint: disable=import-outside-toplevel
-
-    words = [f"w{i}" for i in range(ODD.vocab_size - 1)]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    text = " ".join(np.random.default_rng(seed).choice(words, 300))
-    return Checkpoint(ODD, random_weights(ODD, seed), tokenizer.to_str()), text
-
-
 def test_aware_bcq_checkpoint_packs_into_the_graph_and_beats_plain_bcq_on_its_inputs():
     from lowbit_tvm.models.builder import graph  # pylint: disable=import-outside-toplevel
     from lowbit_tvm.models.checkpoints import with_aware_bcq  # pylint: disable=import-outside-toplevel
@@ -133,7 +120,7 @@ def test_aware_bcq_checkpoint_packs_into_the_graph_and_beats_plain_bcq_on_its_in
     from lowbit_tvm.quant import BCQWeight  # pylint: disable=import-outside-toplevel
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
 
-    checkpoint, text = _word_checkpoint(21)
+    checkpoint, text = word_checkpoint(ODD, 21, 21, 300)
     scheme = weight_scheme(SCHEME)
     out = with_aware_bcq(checkpoint, scheme, skip=("lm_head", "*.down_proj"), text=text, iterations=3)
     fitted = {name for name, value in out.weights.items() if isinstance(value, BCQWeight)}
@@ -150,7 +137,7 @@ def test_aware_bcq_checkpoint_packs_into_the_graph_and_beats_plain_bcq_on_its_in
     x = linear_inputs(ODD.to_json(), checkpoint.weights, ids, ("gate_proj",))[name]
     weight = np.concatenate([checkpoint.weights[name], checkpoint.weights[name.replace("gate", "up")]])
     k = weight.shape[1]
-    plain = bcq_dequantize(bcq_quantize(np.pad(weight, ((0, 0), (0, bcq_padded_k(k, scheme) - k))), scheme, 3))
+    plain = bcq_dequantize(bcq_quantize(np.pad(weight, ((0, 0), (0, scheme.padded_k(k) - k))), scheme, 3))
     aware = bcq_dequantize(out.weights["model.layers.1.mlp.gate_up_proj.weight"])
     errors = [np.linalg.norm(x @ (weight - w[:, :k]).T) for w in (plain, aware)]
     assert errors[1] < errors[0]

@@ -11,7 +11,7 @@ from lowbit_tvm.models.quantize import pack_weights
 from lowbit_tvm.models.recipe import ModelRecipe
 from lowbit_tvm.quant import Int4Scheme, QuantizedWeight, get_scheme, quantize
 
-from test_llama_cpu import LLVM, ODD, dequantized as rtn_dequantized, hf_logits, random_weights, rel
+from test_llama_cpu import LLVM, ODD, dequantized as rtn_dequantized, hf_logits, random_weights, rel, word_checkpoint
 
 torch = pytest.importorskip("torch")
 
@@ -88,15 +88,9 @@ def test_cli_refuses_gptq_flags_that_cannot_work(args, message, tmp_path, capsys
 
 
 def test_checkpoint_with_gptq_keeps_the_float_patterns():
-    from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
-
     from lowbit_tvm.models.checkpoints import Checkpoint, with_gptq  # pylint: disable=import-outside-toplevel
 
-    words = [f"w{i}" for i in range(ODD.vocab_size - 1)]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    text = " ".join(np.random.default_rng(5).choice(words, 1100))
-    checkpoint = Checkpoint(ODD, random_weights(ODD, 9), tokenizer.to_str())
+    checkpoint, text = word_checkpoint(ODD, 9, 5, 1100)
     out = with_gptq(checkpoint, get_scheme("w4a16-g64"), skip=("lm_head", "*.down_proj"), windows=2, text=text)
     assert out.config == ODD and out.tokenizer_json == checkpoint.tokenizer_json
     for name, value in out.weights.items():
@@ -145,9 +139,14 @@ def test_awq_for_o_proj_needs_the_heads():
 @pytest.mark.parametrize("k", [1, 31, 96, 160, 576, 1000])
 @pytest.mark.parametrize("name", ["w4a16-g32", "w4a16-g64-asym", "w4a16-g128", "w4a16-g128-asym"])
 def test_calibration_pads_k_as_the_w4a16_layer_does(k, name):
-    from lowbit_tvm.models import calibration, w4a16_linear  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.w4a16_linear import W4A16Linear  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.tvm_api import tvm  # pylint: disable=import-outside-toplevel
 
-    assert calibration.padded_k(k, get_scheme(name)) == w4a16_linear.padded_k(k, get_scheme(name))
+    scheme = get_scheme(name)
+    layer = W4A16Linear(k, 16, scheme, tvm.target.Target({"kind": "llvm"}))
+    step = max(32, scheme.group_size)
+    assert scheme.padded_k(k) == layer.k  # calibration pads with the scheme's padded_k
+    assert layer.k % step == 0 and k <= layer.k < k + step
 
 
 def test_build_recipe_is_act_order_and_true_sequential():

@@ -43,6 +43,20 @@ def random_weights(config: LlamaConfig, seed: int) -> dict:
     return weights
 
 
+def word_checkpoint(config: LlamaConfig, weights_seed: int, text_seed: int, length: int):
+    """A random checkpoint of ``config`` with a word-level tokenizer (``w0``, ``w1``, ...), and a random text of
+    ``length`` of its words (for calibration paths that tokenize a text)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+
+    from lowbit_tvm.models.checkpoints import Checkpoint  # pylint: disable=import-outside-toplevel
+
+    words = [f"w{i}" for i in range(config.vocab_size - 1)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = " ".join(np.random.default_rng(text_seed).choice(words, length))
+    return Checkpoint(config, random_weights(config, weights_seed), tokenizer.to_str()), text
+
+
 def hf_logits(config: LlamaConfig, weights: dict, ids) -> np.ndarray:
     """float32 logits [len, vocab] of HF transformers' Llama."""
     model = hf_llama_from(config.to_json(), weights)

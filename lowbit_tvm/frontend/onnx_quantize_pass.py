@@ -15,7 +15,6 @@ from fnmatch import fnmatch
 import numpy as np
 
 from ..kernel import graph_function, graph_variant, prepare_weights
-from ..models.w4a16_linear import padded_k
 from ..ops.w4a16 import W4A16Op
 from ..quant import Int4Scheme, QuantizedWeight, quantize
 from ..schedules.w4a16_dispatch import ShapeError
@@ -104,7 +103,7 @@ class QuantizeLinears:
             if pattern is not None:
                 return None, None, f"float (kept by pattern {pattern!r})"
         scheme = pre.weight.scheme if pre is not None else self.scheme
-        op = W4A16Op(linear.n, padded_k(pre.weight.shape[1] if pre is not None else linear.k, scheme), scheme)
+        op = W4A16Op(linear.n, scheme.padded_k(pre.weight.shape[1] if pre is not None else linear.k), scheme)
         try:
             graph_variant(op, self.target)
             graph_function(op, self.target, M_HINT)

@@ -14,12 +14,6 @@ from .rows_hint import current_rows_hint
 _FUNCTIONS = {}
 
 
-def bcq_padded_k(k: int, scheme: BCQScheme) -> int:
-    """``k`` rounded up to whole groups and plane words."""
-    step = BITS_PER_WORD if scheme.group_size < 0 else max(BITS_PER_WORD, scheme.group_size)
-    return -(-k // step) * step
-
-
 class BCQLinear(nn.Module):
     """``y = x @ W^T`` with BCQ weights ``W = offset + sum_b alpha_b * B_b`` (``lowbit_tvm.quant.bcq``).
 
@@ -43,7 +37,7 @@ class BCQLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.scheme = scheme
         self.target = target
-        self.k = bcq_padded_k(in_features, scheme)
+        self.k = scheme.padded_k(in_features)
         k_multiple = bcq_lut_config(1, out_features, self.k).k_multiple if _is_cuda(target) else BITS_PER_WORD
         self.lut_op = BCQLutOp(out_features, self.k, scheme, 1, k_multiple)
         groups = scheme.groups(self.k)

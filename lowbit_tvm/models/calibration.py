@@ -332,22 +332,15 @@ def _scale(weights: dict, prefix: str, stats: dict, recipe: CalibrationRecipe, h
 
 def quantize_with_statistics(weight: np.ndarray, hessian: np.ndarray, recipe: CalibrationRecipe) -> QuantizedWeight:
     """Clip search and GPTQ (or RTN) of one weight [N, K] whose inputs have second moments ``hessian``;
-    K is zero-padded (``padded_k``), padded inputs are dead."""
+    K is zero-padded (``scheme.padded_k``), padded inputs are dead."""
     k = weight.shape[1]
-    pad = padded_k(k, recipe.scheme) - k
+    pad = recipe.scheme.padded_k(k) - k
     w = np.pad(weight, ((0, 0), (0, pad)))
     h = np.pad(hessian, ((0, pad), (0, pad)))
     grid = clip_grid(w, h, recipe.scheme) if recipe.clip else None
     if recipe.gptq:
         return gptq_quantize(w, h, recipe.scheme, recipe.damping, act_order=recipe.act_order, grid=grid)
     return grid if grid is not None else quantize(w, recipe.scheme)
-
-
-def padded_k(k: int, scheme: Int4Scheme) -> int:
-    """``k`` rounded up to whole groups and to 32, as ``W4A16Linear`` pads it (``w4a16_linear.padded_k``;
-    repeated here because that module imports TVM and the calibration also runs where TVM is absent)."""
-    step = 32 if scheme.group_size < 0 else max(32, scheme.group_size)
-    return -(-k // step) * step
 
 
 def row_slice(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:

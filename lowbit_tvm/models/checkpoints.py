@@ -54,15 +54,11 @@ def with_awq_scales(checkpoint: Checkpoint, scheme, tokens: int = 1024, grid: in
     ModelConfigError
         If the checkpoint has no tokenizer (the calibration text must be tokenized).
     """
-    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-
     from ..quant.awq import GROUP_INPUTS, awq_transform  # pylint: disable=import-outside-toplevel
     from .corpus import calibration_text  # pylint: disable=import-outside-toplevel
     from .hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
 
-    if checkpoint.tokenizer_json is None:
-        raise ModelConfigError("activation-aware scales need the checkpoint's tokenizer (none was stored)")
-    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(calibration_text()).ids[:tokens]
+    ids = _token_ids(checkpoint, calibration_text(), "activation-aware scales need")[:tokens]
     config = checkpoint.config
     inputs = linear_inputs(config.to_json(), checkpoint.weights, ids, GROUP_INPUTS)
     weights, _ = awq_transform(checkpoint.weights, config.num_hidden_layers, inputs, scheme, grid)
@@ -112,14 +108,10 @@ def with_gptq(checkpoint: Checkpoint, scheme, *, awq: bool = False, skip=DEFAULT
     """
     from fnmatch import fnmatch  # pylint: disable=import-outside-toplevel
 
-    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-
     from .calibration import calibrate, calibration_windows  # pylint: disable=import-outside-toplevel
     from .corpus import wiki_calibration_text  # pylint: disable=import-outside-toplevel
 
-    if checkpoint.tokenizer_json is None:
-        raise ModelConfigError("GPTQ calibration needs the checkpoint's tokenizer (none was stored)")
-    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(wiki_calibration_text() if text is None else text).ids
+    ids = _token_ids(checkpoint, wiki_calibration_text() if text is None else text, "GPTQ calibration needs")
     weights = calibrate(checkpoint.config.to_json(), checkpoint.weights, calibration_windows(ids, windows),
                         gptq_recipe(scheme, awq), lambda name: any(fnmatch(name, p) for p in skip), progress,
                         device=device)
@@ -135,13 +127,8 @@ def gptq_recipe(scheme, awq: bool = False):
 
 #: Tokens of the calibration text whose activations weight the activation-aware BCQ fit.
 AWARE_BCQ_TOKENS = 512
-# Graph linear layer (under ``model.layers.<i>.``) -> its HF parts and the HF layer whose input it reads.
-_BCQ_LAYERS = (
-    ("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.q_proj"),
-    ("self_attn.o_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
-    ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.gate_proj"),
-    ("mlp.down_proj", ("mlp.down_proj",), "mlp.down_proj"),
-)
+# The graph's decoder linear layers (under ``model.layers.<i>.``); fused ones stack ``llama.FUSED_LINEARS``' parts.
+_DECODER_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 
 def with_aware_bcq(checkpoint: Checkpoint, scheme, *, skip=DEFAULT_SKIP, tokens: int = AWARE_BCQ_TOKENS,
@@ -176,24 +163,22 @@ def with_aware_bcq(checkpoint: Checkpoint, scheme, *, skip=DEFAULT_SKIP, tokens:
     """
     from fnmatch import fnmatch  # pylint: disable=import-outside-toplevel
 
-    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-
     from .corpus import calibration_text  # pylint: disable=import-outside-toplevel
     from .hf_reference import linear_inputs  # pylint: disable=import-outside-toplevel
+    from .llama import FUSED_LINEARS  # pylint: disable=import-outside-toplevel
 
-    if checkpoint.tokenizer_json is None:
-        raise ModelConfigError("activation-aware BCQ needs the checkpoint's tokenizer (none was stored)")
     text = calibration_text() if text is None else text
-    ids = Tokenizer.from_str(checkpoint.tokenizer_json).encode(text).ids[:tokens]
-    sources = tuple(sorted({source.rpartition(".")[2] for _, _, source in _BCQ_LAYERS}))
+    ids = _token_ids(checkpoint, text, "activation-aware BCQ needs")[:tokens]
+    parts = {graph: FUSED_LINEARS.get(graph, (graph,)) for graph in _DECODER_LINEARS}  # the first reads the input
+    sources = tuple(sorted({names[0].rpartition(".")[2] for names in parts.values()}))
     inputs = linear_inputs(checkpoint.config.to_json(), checkpoint.weights, ids, sources)
     weights = dict(checkpoint.weights)
     for layer in range(checkpoint.config.num_hidden_layers):
         prefix = f"model.layers.{layer}."
-        for graph, parts, source in _BCQ_LAYERS:
+        for graph, names in parts.items():
             if not any(fnmatch(prefix + graph, pattern) for pattern in skip):
-                stacked = np.concatenate([weights.pop(f"{prefix}{part}.weight") for part in parts])
-                weights[f"{prefix}{graph}.weight"] = _aware_bcq_fit(stacked, inputs[f"{prefix}{source}.weight"],
+                stacked = np.concatenate([weights.pop(f"{prefix}{name}.weight") for name in names])
+                weights[f"{prefix}{graph}.weight"] = _aware_bcq_fit(stacked, inputs[f"{prefix}{names[0]}.weight"],
                                                                     scheme, iterations)
     return replace(checkpoint, weights=weights)
 
@@ -201,11 +186,19 @@ def with_aware_bcq(checkpoint: Checkpoint, scheme, *, skip=DEFAULT_SKIP, tokens:
 def _aware_bcq_fit(weight: np.ndarray, inputs: np.ndarray, scheme, iterations: int):
     """``weight`` [N, K] fit to BCQ (K padded as ``BCQLinear`` pads it) weighted by ``inputs``' channel energy."""
     from ..quant.bcq import bcq_quantize  # pylint: disable=import-outside-toplevel
-    from .bcq_linear import bcq_padded_k  # pylint: disable=import-outside-toplevel
 
     k = weight.shape[1]
-    pad = bcq_padded_k(k, scheme) - k
+    pad = scheme.padded_k(k) - k
     energy = np.pad((inputs**2).mean(axis=0), (0, pad))
     energy = energy + 1e-3 * energy.mean()  # padded columns and dead channels keep a little weight
     return bcq_quantize(np.pad(weight.astype(np.float32), ((0, 0), (0, pad))), scheme, iterations,
                         channel_weights=energy)
+
+
+def _token_ids(checkpoint: Checkpoint, text: str, needs: str) -> list:
+    """``text`` tokenized with the checkpoint's tokenizer; ``needs`` names the step that cannot do without it."""
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+    if checkpoint.tokenizer_json is None:
+        raise ModelConfigError(f"{needs} the checkpoint's tokenizer (none was stored)")
+    return Tokenizer.from_str(checkpoint.tokenizer_json).encode(text).ids

@@ -10,12 +10,6 @@ from .fp_linear import fp16_rows, restore_rows
 from .rows_hint import current_rows_hint
 
 
-def padded_k(k: int, scheme: Int4Scheme) -> int:
-    """``k`` rounded up to whole groups (and to 32, what the tensor-core kernel reads per step)."""
-    step = 32 if scheme.group_size < 0 else max(32, scheme.group_size)
-    return -(-k // step) * step
-
-
 class W4A16Linear(nn.Module):
     """``y = x @ dequant(W)^T`` with int4 group-quantized weights, fp16 in and out of the kernel.
 
@@ -38,7 +32,7 @@ class W4A16Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.scheme = scheme
         self.target = target
-        self.k = padded_k(in_features, scheme)
+        self.k = scheme.padded_k(in_features)
         self.op = graph_variant(W4A16Op(out_features, self.k, scheme), target)
         groups = scheme.groups(self.k)
         self.qweight = nn.Parameter(self.op.packed_shape, "uint32")

@@ -22,6 +22,22 @@ class GroupedScheme:
 
     _JSON_KIND = ""
 
+    def padded_k(self, k: int) -> int:
+        """``k`` rounded up to whole groups and to 32 (a packed word, and what the kernels read per step): the
+        K that the model layers zero-pad their weights to.
+
+        Parameters
+        ----------
+        k : int
+            Reduction (input-feature) dimension of the weight.
+
+        Returns
+        -------
+        int
+        """
+        step = 32 if self.group_size == PER_CHANNEL else max(32, self.group_size)
+        return -(-int(k) // step) * step
+
     def group_len(self, k: int) -> int:
         """Group size actually used for a reduction length ``k``.
 
