@@ -194,6 +194,7 @@ def time_all(lib_dir: Path, out_json: Path) -> None:
     gpu = torch.cuda.get_device_name()
     for scheme in [name for name in SCHEMES if (lib_dir / f"{name}.so").exists()]:
         records.append({"engine": f"lowbit_tvm-{scheme}", "preset": preset, "gpu": gpu, **_ours(lib_dir, scheme)})
+        out_json.write_text(json.dumps(records, indent=1))  # what is done survives a time limit
     records.append({"engine": "hf-transformers-fp16-eager", "preset": preset, "gpu": gpu, **_hf(preset)})
     out_json.write_text(json.dumps(records, indent=1))
 

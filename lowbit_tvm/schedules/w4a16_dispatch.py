@@ -107,14 +107,17 @@ def tensor_core_config(op: W4A16Op, m: int | None = None) -> TensorCoreConfig:
     return TensorCoreConfig(warps_m, warps_n, tile_m, tile_n, k_inner, 2, split, 8)
 
 
-# Word-GEMV configs (tx, ty, vec, unroll, rows), best first; the first that tiles N and K/8 exactly is used,
-# else the GEMV on tensor-core weights, else the flat GEMV. Only 32 lanes x 4 words per step: with
+# Word-GEMV configs (tx, ty, vec, unroll, rows, stream), best first; the first that tiles N and K/8 exactly
+# is used, else the GEMV on tensor-core weights, else the flat GEMV. Only 32 lanes x 4 words per step: with
 # fewer words per step (K=11008: K/8 = 32 * 43) the word GEMV was slower than the flat one in an H100 sweep
 # at M=1 (benchmarks/NOTES.md, v6), and the flat one slower than the GEMV on tensor-core weights (v7).
+# Streaming weight loads (stream=1) were faster on all five shapes it tiles in the v8 sweep (H100, M=1):
+# 4096x4096 10.1 -> 9.5 us, 4096x12288 16.4 -> 15.6, 4096x22016 26.6 -> 24.0, 8192x57344 96.3 -> 93.6,
+# 28672x8192 56.6 -> 51.7.
 GEMV_WORD_CONFIGS = (
-    GemvConfig(32, 4, 32, 64, 2),
-    GemvConfig(32, 1, 32, 64, 2),
-    GemvConfig(32, 1, 32, 64, 1),
+    GemvConfig(32, 4, 32, 64, 2, stream=1),
+    GemvConfig(32, 1, 32, 64, 2, stream=1),
+    GemvConfig(32, 1, 32, 64, 1, stream=1),
 )
 
 
@@ -133,11 +136,17 @@ def gemv_plan(op: W4A16Op) -> Plan:
 # GEMV on tensor-core-layout weights: MMA_GEMV_KY half-warps per block (256 threads) is the best config or
 # within 12 % of it on the six Llama shapes of an H100 sweep (benchmarks/results/.../mma_gemv.json), as long
 # as the grid keeps MMA_GEMV_MIN_THREADS threads streaming weights: 11008x4096 has only 256 row tiles, and
-# its 688 K tiles split into 8 half-warps (34.8 us) or 43 (18.1 us), not 16. The load knobs (contiguous K
-# ranges, streaming loads) stay off: not measured in their current form (benchmarks/NOTES.md, v7).
+# its 688 K tiles split into 8 half-warps (34.8 us) or 43 (18.1 us), not 16.
+# Load knobs: contiguous K ranges per lane octet, streaming loads, two steps loaded together and no unrolling
+# (MMA_GEMV_LOADS) were best or within 4 % of the best config on all six shapes of the v8 sweep (H100, M=1,
+# every kernel checked against float64): against the earlier default (interleaved, plain loads, one step,
+# unroll 64) 4096x4096 10.5 -> 9.8 us, 4096x12288 19.6 -> 16.4, 4096x22016 29.2 -> 25.0, 11008x4096
+# 18.0 -> 16.8, 8192x57344 96.3 -> 93.1, 28672x8192 57.9 -> 51.3. Shapes whose K tiles do not split into two
+# steps per half-warp keep one step.
 MMA_GEMV_KY = 16
 MMA_GEMV_MIN_THREADS = 64 * 1024
 MMA_GEMV_MAX_KY = 64
+MMA_GEMV_LOADS = {"tiles": 2, "unroll": 0, "contiguous": 1, "stream": 1}
 
 
 def mma_gemv_config(n_tiles: int, k_tiles: int) -> MmaGemvConfig | None:
@@ -146,7 +155,11 @@ def mma_gemv_config(n_tiles: int, k_tiles: int) -> MmaGemvConfig | None:
     if not fitting:
         return None
     busy = [ky for ky in fitting if n_tiles * ky * 16 >= MMA_GEMV_MIN_THREADS] or [max(fitting)]
-    return MmaGemvConfig(ky=min(busy, key=lambda ky: abs(math.log2(ky / MMA_GEMV_KY))))
+    ky = min(busy, key=lambda ky: abs(math.log2(ky / MMA_GEMV_KY)))
+    loads = dict(MMA_GEMV_LOADS)
+    if not fits_tiles(n_tiles, k_tiles, ky, 1, loads["tiles"]):
+        loads["tiles"] = 1
+    return MmaGemvConfig(ky=ky, **loads)
 
 
 def mma_gemv_plan(op: W4A16Op) -> Plan | None:
