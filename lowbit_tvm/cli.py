@@ -74,8 +74,10 @@ def _add_build(sub):
     )
     p.add_argument("--model", required=True, help="preset name (smollm2-135m, llama-2-7b, llama-3-8b, tiny)")
     p.add_argument("--scheme", default="w4a16-g128",
-                   help="fp16, fp32, a W4A16 scheme such as w4a16-g128, w4a16-g64-asym, or a BCQ scheme such as "
-                   "bcq3-g128, bcq4-g128 (LUT-GEMM kernel for single-token decode) (default w4a16-g128)")
+                   help="fp16, fp32, a W4A16 scheme such as w4a16-g128, w4a16-g64-asym, a BCQ scheme such as "
+                   "bcq3-g128, bcq4-g128 (LUT-GEMM kernel for single-token decode), or an Atom-style W4A8 scheme "
+                   "w4a8-o<N> (int8 activations per token, int4 weights in groups of 128, N int8 outlier channels "
+                   "chosen on 8 x 512 tokens of gensim's lee.cor: w4a8-o128, w4a8-o0) or w8a8 (default w4a16-g128)")
     p.add_argument("--target", choices=("cuda", "llvm"), default="cuda", help="cuda (default) or llvm (CPU)")
     p.add_argument("--arch", default=None, help="CUDA arch (default: the local GPU's, else sm_90)")
     p.add_argument("--gguf", type=Path, default=None,
@@ -127,8 +129,23 @@ def _add_compile(sub):
     p.add_argument("--keep-fp", nargs="*", default=["lm_head"], metavar="PATTERN",
                    help="node or weight name patterns (fnmatch or substring) kept in floating point (default: lm_head)")
     p.add_argument("--calibrate", type=Path, default=None, metavar="NPZ",
-                   help="a .npz of model inputs (arrays named as the ONNX inputs) to calibrate on: layers are then "
-                   "quantized with GPTQ on their recorded inputs instead of round-to-nearest")
+                   help="a .npz of model inputs to calibrate on (never the evaluation data), arrays named as the "
+                   "ONNX inputs, each of the input's rank (one sample) or with one more leading axis (a stack of "
+                   "samples): layers are then quantized on their recorded inputs instead of round-to-nearest, by "
+                   "default with AWQ scales, clipping and act-order GPTQ, calibrated sequentially (the options "
+                   "below turn parts off). On SmolLM2-135M see benchmarks/results/onnx_smollm2_calibrated.json")
+    recipe = p.add_argument_group("calibration recipe (with --calibrate; default: all on)")
+    recipe.add_argument("--awq", action=argparse.BooleanOptionalAction, default=None,
+                        help="activation-aware input-channel scales per group of layers sharing an input, folded "
+                        "into a preceding constant Mul (e.g. an RMSNorm weight) or an inserted multiply")
+    recipe.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                        help="search a clipping ratio per row and group")
+    recipe.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                        help="GPTQ error compensation (--no-gptq: round-to-nearest on the scaled, clipped grid)")
+    recipe.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                        help="GPTQ columns in decreasing input-energy order (needs --gptq)")
+    recipe.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                        help="record each layer's inputs with the layers before it already quantized")
     p.add_argument("-o", "--output", type=Path, required=True, help="library file to write (.so)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -244,6 +261,7 @@ def _build(args):
 
         target, dtype = tvm.target.Target({"kind": "llvm"}), "float32"
     calibrated = _calibration_scheme(args)
+    scheme = None if args.scheme in ("fp16", "fp32") else _weight_scheme(args.scheme)  # a bad name fails here
     device = _calibration_device(args.calibration_device) if args.gptq else None
     print(f"reading the {args.model} checkpoint ...", flush=True)
     checkpoint = load_checkpoint(args.model, args.gguf)
@@ -254,6 +272,8 @@ def _build(args):
         checkpoint = _with_aware_bcq(checkpoint, calibrated, recipe.skip)
     elif args.awq:
         checkpoint = _with_awq(checkpoint, calibrated)
+    elif scheme is not None:
+        checkpoint = _with_atom_outliers(checkpoint, scheme, recipe.skip)
     print(f"building {args.model} {args.scheme} for {args.target} (minutes: every kernel is compiled) ...", flush=True)
     path = save_model(args.output, recipe, checkpoint.weights, target, tokenizer_json=checkpoint.tokenizer_json,
                       eos_token_id=checkpoint.eos_token_id, overwrite=args.overwrite)
@@ -264,6 +284,7 @@ def _calibration_scheme(args):
     """The scheme that --awq/--gptq calibrate for (None without them); checked before any loading."""
     from .models.config import ModelConfigError  # pylint: disable=import-outside-toplevel
     from .models.weight_schemes import weight_scheme  # pylint: disable=import-outside-toplevel
+    from .quant.atom import AtomScheme  # pylint: disable=import-outside-toplevel
 
     flags = [flag for flag, on in (("--awq", args.awq), ("--gptq", args.gptq)) if on]
     if not flags:
@@ -274,6 +295,9 @@ def _calibration_scheme(args):
                                "them in floating point (pass e.g. --scheme w4a16-g128)")
     if args.gptq and args.gptq_windows < 1:
         raise ModelConfigError(f"--gptq-windows must be at least 1, got {args.gptq_windows}")
+    if isinstance(weight_scheme(args.scheme), AtomScheme):
+        raise ModelConfigError(f"{named} W4A16 and BCQ weights; {args.scheme} is calibrated by its own outlier "
+                               "channels (chosen on lee.cor whenever it is built): drop --awq/--gptq")
     if args.scheme.startswith("bcq") and args.gptq:
         raise ModelConfigError(f"--gptq calibrates int4 (w4a16-*) schemes; {args.scheme} weights are fit by BCQ's "
                                "own alternating least squares (--awq alone makes that fit activation-aware)")
@@ -292,6 +316,25 @@ def _with_aware_bcq(checkpoint, scheme, skip):
 
     print("fitting BCQ weights activation-aware on the calibration text ...", flush=True)
     return with_aware_bcq(checkpoint, scheme, skip=skip)
+
+
+def _weight_scheme(name: str):
+    from .models.weight_schemes import weight_scheme  # pylint: disable=import-outside-toplevel
+
+    return weight_scheme(name)
+
+
+def _with_atom_outliers(checkpoint, scheme, skip):
+    """For an Atom-style scheme with outliers, the checkpoint with its outlier channels calibrated on lee.cor;
+    any other scheme's checkpoint as it is."""
+    from .models.checkpoints import ATOM_WINDOWS, with_atom_outliers  # pylint: disable=import-outside-toplevel
+    from .quant.atom import AtomScheme  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(scheme, AtomScheme) or not scheme.outliers:
+        return checkpoint
+    print(f"choosing {scheme.outliers} outlier channels per layer input on {ATOM_WINDOWS} x 512 tokens of the "
+          "calibration text ...", flush=True)
+    return with_atom_outliers(checkpoint, scheme, skip=skip)
 
 
 def _with_gptq(checkpoint, scheme, skip, args, device):
@@ -318,24 +361,52 @@ def _calibration_device(choice: str) -> str:
     return choice
 
 
+_RECIPE_FLAGS = ("awq", "clip", "gptq", "act_order", "sequential")
+
+
+def _compile_recipe(args):
+    """The ``OnnxRecipe`` of the compile flags (None: the default, or no calibration); checked before loading."""
+    given = {name: getattr(args, name) for name in _RECIPE_FLAGS if getattr(args, name) is not None}
+    if not given:
+        return None
+    if args.calibrate is None:
+        flags = " ".join(f"--{'' if value else 'no-'}{name.replace('_', '-')}" for name, value in given.items())
+        raise LowbitError(f"{flags}: calibration options need --calibrate NPZ (model inputs to calibrate on)")
+    from dataclasses import replace  # pylint: disable=import-outside-toplevel
+
+    from .frontend.onnx_calibrate import DEFAULT_RECIPE  # pylint: disable=import-outside-toplevel
+
+    if given.get("gptq") is False and "act_order" not in given:
+        given["act_order"] = False  # act-order belongs to GPTQ
+    return replace(DEFAULT_RECIPE, **given)
+
+
 def _compile(args):
     from .frontend import compile_onnx  # pylint: disable=import-outside-toplevel
 
+    recipe = _compile_recipe(args)
     feeds = None
     if args.calibrate is not None:
         import numpy as np  # pylint: disable=import-outside-toplevel
 
         try:
             with np.load(args.calibrate) as data:
-                feeds = [{name: data[name] for name in data.files}]
+                feeds = {name: data[name] for name in data.files}
         except (OSError, ValueError) as err:
             raise LowbitError(f"cannot read the calibration inputs {args.calibrate}: {err}") from None
     print(f"compiling {args.model} ({args.scheme}, {args.target}) ...", flush=True)
     result = compile_onnx(args.model, args.output, args.scheme, args.target, arch=args.arch,
-                          keep_float=tuple(args.keep_fp), calibration=feeds, overwrite=args.overwrite)
+                          keep_float=tuple(args.keep_fp), calibration=feeds, recipe=recipe,
+                          overwrite=args.overwrite)
     on_kernel = [layer for layer in result.layers if layer["kernel"] != "float"]
     print(f"wrote {result.path} and {result.path.with_suffix('.safetensors')}: {len(on_kernel)} of "
           f"{len(result.layers)} linear layers on the W4A16 kernel")
+    if result.calibration is not None:
+        info = result.calibration
+        kinds = [group["awq"] or "none" for group in info["groups"]]
+        awq = ", ".join(f"{kinds.count(kind)} {kind}" for kind in dict.fromkeys(kinds))
+        print(f"  calibrated ({info['label']}) on {info['samples']} sample(s) in {info['seconds']:.1f} s; "
+              f"AWQ scales of {len(kinds)} group(s) of layers sharing an input: {awq}")
     for layer in result.layers:
         if layer["kernel"] == "float":
             print(f"  kept float: {layer['node']} ({layer['note']})")

@@ -12,6 +12,7 @@ import pytest
 import lowbit_tvm
 from lowbit_tvm.errors import EvaluationError
 from lowbit_tvm.frontend import compile_onnx
+from lowbit_tvm.frontend.onnx_calibrate import OnnxRecipe
 from lowbit_tvm.quant import dequantize, get_scheme, quantize
 
 onnx = pytest.importorskip("onnx")
@@ -157,7 +158,9 @@ def test_calibration_uses_gptq_and_lowers_the_output_error(helper_onnx, tmp_path
                 "wt": np.zeros((64, 8), np.float32)}
 
     calibration = [feed(256) for _ in range(2)]
-    gptq = compile_onnx(helper_onnx, tmp_path / "g.so", scheme="w4a16-g32", target="llvm", calibration=calibration)
+    recipe = OnnxRecipe(awq=False, clip=False, act_order=False, sequential=False)  # the default adds AWQ etc.
+    gptq = compile_onnx(helper_onnx, tmp_path / "g.so", scheme="w4a16-g32", target="llvm", calibration=calibration,
+                        recipe=recipe)
     assert {r["node"]: r["note"] for r in gptq.layers if r["kernel"] != "float"} == {"fc1": "gptq", "proj": "gptq"}
     compile_onnx(helper_onnx, tmp_path / "r.so", scheme="w4a16-g32", target="llvm")
     test = feed(128)

@@ -5,7 +5,9 @@
 ``onnx_linears`` (the ONNX pre-pass: linear layers and their weights), ``onnx_fold`` (constant nodes TVM's
 importer mishandles), ``onnx_prequantized`` (MatMulNBits and
 block-wise DequantizeLinear weights in our format), ``onnx_import`` (operator check, ``from_onnx``),
-``onnx_quantize_pass`` (the Relax pass onto the W4A16 kernel), ``onnx_calibrate`` (GPTQ calibration inputs),
+``onnx_quantize_pass`` (the Relax pass onto the W4A16 kernel), ``onnx_calibrate`` (calibration: AWQ scales,
+clipping, GPTQ, sequential; ``OnnxRecipe``), ``onnx_awq`` (groups of layers sharing an input, where an AWQ scale's
+inverse goes in the graph), ``onnx_segments`` (onnxruntime runs of a graph piece by piece),
 ``onnx_library`` (build and save), ``onnx_engine`` (load and run), ``onnx_converters`` (TVM converter overrides:
 ``Range`` over a dynamic dimension).
 """

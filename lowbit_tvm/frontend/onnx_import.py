@@ -86,11 +86,24 @@ def import_onnx(path) -> ImportedModel:
     UnsupportedOperatorError
         If it uses operators we cannot compile (all of them are listed).
     """
-    model = read_onnx(path)
-    graph = normalize(model)
+    return convert(normalized_graph(path), path)
+
+
+def normalized_graph(path) -> NormalizedGraph:
+    """Read ``path`` and run the pre-pass (``onnx_linears.normalize``); every unsupported operator is reported.
+
+    The result can be edited (calibration folds activation-aware scales into it) before ``convert``.
+    """
+    graph = normalize(read_onnx(path))
     found = unsupported_ops(graph.model)
     if found:
         _raise_unsupported(found)
+    return graph
+
+
+def convert(graph: NormalizedGraph, path) -> ImportedModel:
+    """Import a pre-passed graph into Relax (``from_onnx`` with our converter overrides); ``path`` names it in
+    errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -18,7 +18,7 @@ from ..codegen import export_library, sidecar_path
 from ..errors import LibraryError, ModelError
 from ..models.recipe import WEIGHTS_SUFFIX
 from .onnx_engine import ONNX_METADATA_KEY
-from .onnx_import import import_onnx
+from .onnx_import import convert, normalized_graph
 from .onnx_linears import LinearWeight
 
 # Schemes that leave float weights unquantized (pre-quantized weights still go on the kernel).
@@ -38,11 +38,15 @@ class CompiledOnnx:
         Per linear layer: node, weight, k, n, kernel (a scheme name or ``"float"``) and a note.
     kept_float : list of (str, str)
         MatMul/Gemm nodes that are not linear layers with a constant weight, and why.
+    calibration : dict or None
+        With calibration inputs: the recipe, seconds, tokens per group and per group of layers sharing an input
+        its AWQ exponent, where ``1 / s`` went and the output errors (see ``onnx_calibrate.Calibrated``).
     """
 
     path: Path
     layers: list
     kept_float: list
+    calibration: dict | None = None
 
 
 def _target(target, arch):
@@ -80,7 +84,8 @@ def _input_specs(graph) -> list:
 
 
 def compile_onnx(model_path, output, scheme: str | None = "w4a16-g128", target="llvm", *, arch=None,
-                 keep_float=DEFAULT_KEEP_FLOAT, calibration=None, overwrite: bool = False) -> CompiledOnnx:
+                 keep_float=DEFAULT_KEEP_FLOAT, calibration=None, recipe=None, overwrite: bool = False,
+                 progress=None) -> CompiledOnnx:
     """Compile an ONNX model with its linear layers on our W4A16 kernel.
 
     Parameters
@@ -98,11 +103,17 @@ def compile_onnx(model_path, output, scheme: str | None = "w4a16-g128", target="
         The CUDA arch for ``target="cuda"`` (default: the local GPU's, else sm_90).
     keep_float : tuple of str
         Layer-name patterns (node or weight name, ``fnmatch`` or substring) left unquantized; default the LM head.
-    calibration : list of dict, optional
-        Input feeds (ONNX input name -> array) to calibrate on: the layers' inputs are recorded with onnxruntime
-        and the weights quantized with GPTQ instead of round-to-nearest.
+    calibration : list of dict or dict, optional
+        Input feeds (ONNX input name -> array) to calibrate on, or one mapping of arrays stacked along a leading
+        sample axis (``onnx_calibrate.calibration_feeds``): the layers' inputs are recorded with onnxruntime and
+        the weights quantized with ``recipe`` instead of round-to-nearest. Never the evaluation data.
+    recipe : OnnxRecipe, optional
+        With ``calibration``: what to do (default ``onnx_calibrate.DEFAULT_RECIPE``: AWQ scales, clipping,
+        act-order GPTQ, sequential).
     overwrite : bool
         Replace existing output files.
+    progress : callable, optional
+        Wraps the iterable of calibration groups (e.g. ``tqdm``).
 
     Returns
     -------
@@ -111,7 +122,10 @@ def compile_onnx(model_path, output, scheme: str | None = "w4a16-g128", target="
     Raises
     ------
     ModelError, UnsupportedOperatorError
-        For a bad model file or unsupported operators (nothing is written).
+        For a bad model file, unsupported operators or calibration inputs that do not fit the model (nothing is
+        written).
+    QuantizationError
+        For a recipe without calibration inputs, or calibration with a float scheme.
     LibraryError
         If an output file exists and ``overwrite`` is False.
     """
@@ -125,25 +139,77 @@ def compile_onnx(model_path, output, scheme: str | None = "w4a16-g128", target="
                 raise LibraryError(f"refusing to overwrite existing file {existing}; pass overwrite=True (--overwrite)")
     tgt = _target(target, arch)
     quant_scheme = _scheme(scheme)
-    imported = import_onnx(model_path)
-    hessians = None
-    if calibration is not None and quant_scheme is not None:
-        from .onnx_calibrate import layer_hessians  # pylint: disable=import-outside-toplevel
+    _check_calibration(calibration, recipe, quant_scheme, scheme)
+    graph = normalized_graph(model_path)
+    quantize_pass = _quantize_pass(graph, quant_scheme, tgt, keep_float)
+    calibrated = None
+    if calibration is not None:
+        calibrated = _calibrate(graph, calibration, quant_scheme, recipe or _default_recipe(), quantize_pass,
+                                progress)
+    return _write(graph, quantize_pass, model_path, output, tgt, calibrated, overwrite)
 
-        hessians = layer_hessians(model_path, imported.graph.linears, calibration)
-    executable, names, arrays, records = build(imported, quant_scheme, tgt, keep_float, hessians)
+
+def _write(graph, quantize_pass, model_path, output: Path, target, calibrated, overwrite: bool) -> CompiledOnnx:
+    """Import the (calibrated) graph into Relax, run the quantize pass, build and save."""
+    imported = convert(graph, model_path)
+    executable, names, arrays, records = _build(imported, quantize_pass, target)
+    scheme = quantize_pass.scheme
     meta = {
         "inputs": _input_specs(imported.graph),
         "outputs": imported.outputs,
         "params": names,
-        "scheme": None if quant_scheme is None else quant_scheme.name,
-        "target_kind": tgt.kind.name,
+        "scheme": None if scheme is None else scheme.name,
+        "target_kind": target.kind.name,
         "layers": [vars(r) for r in records],
         "kept_float": [list(item) for item in imported.graph.kept_float],
         "source": Path(model_path).name,
     }
-    _save(output, weights_path, executable, names, arrays, meta, overwrite)
-    return CompiledOnnx(output, meta["layers"], imported.graph.kept_float)
+    if calibrated is not None:
+        meta["calibration"] = calibrated
+    _save(output, output.with_suffix(WEIGHTS_SUFFIX), executable, names, arrays, meta, overwrite)
+    return CompiledOnnx(output, meta["layers"], imported.graph.kept_float, calibrated)
+
+
+def _default_recipe():
+    from .onnx_calibrate import DEFAULT_RECIPE  # pylint: disable=import-outside-toplevel
+
+    return DEFAULT_RECIPE
+
+
+def _check_calibration(calibration, recipe, quant_scheme, scheme) -> None:
+    """Clear errors for options that do not go together (before anything is read)."""
+    from ..errors import QuantizationError  # pylint: disable=import-outside-toplevel
+    from .onnx_calibrate import OnnxRecipe  # pylint: disable=import-outside-toplevel
+
+    if recipe is not None and not isinstance(recipe, OnnxRecipe):
+        raise QuantizationError(f"recipe must be an OnnxRecipe, got {type(recipe).__name__}")
+    if recipe is not None and calibration is None:
+        raise QuantizationError("a calibration recipe (--awq, --gptq, --clip, --act-order, --sequential) needs "
+                                "calibration inputs (calibration=..., --calibrate NPZ)")
+    if calibration is not None and quant_scheme is None:
+        raise QuantizationError(f"calibration quantizes float weights, but scheme {scheme!r} leaves them float; "
+                                "use a W4A16 scheme such as w4a16-g128")
+
+
+def _quantize_pass(graph, scheme, target, keep_float):
+    from .onnx_quantize_pass import QuantizeLinears  # pylint: disable=import-outside-toplevel
+
+    return QuantizeLinears({w.param: w for w in graph.linears}, scheme, target, keep_float)
+
+
+def _calibrate(graph, calibration, scheme, recipe, quantize_pass, progress) -> dict:
+    """Run ``onnx_calibrate.calibrate_graph`` (editing ``graph``), hand its weights to the pass; return its
+    record (JSON-ready)."""
+    from dataclasses import asdict  # pylint: disable=import-outside-toplevel
+
+    from .onnx_calibrate import calibrate_graph, calibration_feeds  # pylint: disable=import-outside-toplevel
+
+    feeds = calibration_feeds(graph, calibration)
+    selected = lambda linear: quantize_pass.kernel_op(linear)[0] is not None  # noqa: E731
+    result = calibrate_graph(graph, feeds, scheme, recipe, selected, progress)
+    quantize_pass.quantized = result.quantized
+    return {"recipe": asdict(recipe), "label": recipe.label, "samples": len(feeds), "tokens": result.tokens,
+            "seconds": result.seconds, "groups": result.groups}
 
 
 def build(imported, scheme, target, keep_float=DEFAULT_KEEP_FLOAT, hessians=None):
@@ -154,13 +220,17 @@ def build(imported, scheme, target, keep_float=DEFAULT_KEEP_FLOAT, hessians=None
     (CompiledModule, list of str, list of numpy.ndarray, list of LayerRecord)
         The executable, the parameter names and arrays in the graph's order, and the per-layer records.
     """
+    quantize_pass = _quantize_pass(imported.graph, scheme, target, keep_float)
+    quantize_pass.hessians = hessians or {}
+    return _build(imported, quantize_pass, target)
+
+
+def _build(imported, quantize_pass, target):
     from ..codegen import build_module  # pylint: disable=import-outside-toplevel
     from ..kernel import PASS_CONFIG  # pylint: disable=import-outside-toplevel
     from ..tvm_api import tvm  # pylint: disable=import-outside-toplevel
-    from .onnx_quantize_pass import QuantizeLinears  # pylint: disable=import-outside-toplevel
 
     graph = imported.graph
-    quantize_pass = QuantizeLinears({w.param: w for w in graph.linears}, scheme, target, keep_float, hessians)
     mod = quantize_pass(imported.mod)
     names, arrays = [], []
     for name, value in graph.params:

@@ -61,6 +61,9 @@ class QuantizeLinears:
     hessians : dict of str to numpy.ndarray, optional
         ``X^T X`` of each layer's inputs on calibration data, by parameter name: those layers are quantized
         with GPTQ instead of round-to-nearest.
+    quantized : dict of str to (QuantizedWeight, str), optional
+        Weights already quantized by calibration (``onnx_calibrate.calibrate_graph``; K padded to
+        ``scheme.padded_k``) and their notes, by parameter name: used as they are.
 
     Attributes
     ----------
@@ -70,12 +73,14 @@ class QuantizeLinears:
         The run-time parameters that replace each weight parameter, by its name.
     """
 
-    def __init__(self, linears: dict, scheme: Int4Scheme | None, target, keep_float=("lm_head",), hessians=None):
+    def __init__(self, linears: dict, scheme: Int4Scheme | None, target, keep_float=("lm_head",), hessians=None,
+                 quantized=None):
         self.linears = linears
         self.scheme = scheme
         self.target = target
         self.keep_float = tuple(keep_float)
         self.hessians = hessians or {}
+        self.quantized = quantized or {}
         self.records = []
         self.arrays = {}
 
@@ -94,24 +99,35 @@ class QuantizeLinears:
     def plan(self, linear) -> tuple:
         """``(W4A16Op, QuantizedWeight, note)`` for a layer that goes on the kernel, else ``(None, None, why)``."""
         pre = linear.prequantized
+        op, why = self.kernel_op(linear)
+        if op is None:
+            return None, None, why
+        if pre is not None:
+            return op, _pad_k(pre.weight, op.k), "pre-quantized codes kept"
+        if linear.param in self.quantized:
+            qw, note = self.quantized[linear.param]
+            return op, qw, note
+        return op, self._quantize(linear, op), "gptq" if linear.param in self.hessians else "round-to-nearest"
+
+    def kernel_op(self, linear) -> tuple:
+        """``(W4A16Op, "")`` if the layer goes on the kernel, else ``(None, why it stays float)``."""
+        pre = linear.prequantized
         if pre is not None and pre.weight is None:
-            return None, None, f"pre-quantized, dequantized to float ({pre.reason})"
+            return None, f"pre-quantized, dequantized to float ({pre.reason})"
         if pre is None:
             if self.scheme is None:
-                return None, None, "float (no scheme)"
+                return None, "float (no scheme)"
             pattern = _matches(linear, self.keep_float)
             if pattern is not None:
-                return None, None, f"float (kept by pattern {pattern!r})"
+                return None, f"float (kept by pattern {pattern!r})"
         scheme = pre.weight.scheme if pre is not None else self.scheme
         op = W4A16Op(linear.n, scheme.padded_k(pre.weight.shape[1] if pre is not None else linear.k), scheme)
         try:
             graph_variant(op, self.target)
             graph_function(op, self.target, M_HINT)
         except ShapeError as err:
-            return None, None, f"float (the kernel does not fit: {err})"
-        if pre is not None:
-            return op, _pad_k(pre.weight, op.k), "pre-quantized codes kept"
-        return op, self._quantize(linear, op), "gptq" if linear.param in self.hessians else "round-to-nearest"
+            return None, f"float (the kernel does not fit: {err})"
+        return op, ""
 
     def _quantize(self, linear, op: W4A16Op) -> QuantizedWeight:
         weight = linear.float_weight()

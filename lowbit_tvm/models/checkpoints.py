@@ -195,6 +195,107 @@ def _aware_bcq_fit(weight: np.ndarray, inputs: np.ndarray, scheme, iterations: i
                         channel_weights=energy)
 
 
+#: Calibration windows of 512 tokens (consecutive, from the start of the calibration text) whose linear-layer
+#: inputs rank the outlier channels of Atom-style schemes: the 4096 tokens of ``benchmarks/scheme_perplexity.py``.
+ATOM_WINDOWS = 8
+ATOM_WINDOW_TOKENS = 512
+
+
+def with_atom_outliers(checkpoint: Checkpoint, scheme, *, skip=DEFAULT_SKIP, windows: int = ATOM_WINDOWS,
+                       text: str | None = None) -> Checkpoint:
+    """A checkpoint whose decoder linear layers are ``AtomWeight`` values, their outlier channels calibrated.
+
+    Atom-style W4A8 / W8A8 (``lowbit_tvm.quant.atom``): per layer input, the ``scheme.outliers`` channels of
+    largest RMS over ``windows`` x 512 tokens of the calibration text (gensim's ``lee.cor``, disjoint from the
+    perplexity text; each window a separate forward pass of the float model in HF transformers) stay int8 and
+    move to the end of K; the permutation is stored in the ``AtomWeight`` (and so in the built weights file). The
+    fused graph layers (``qkv_proj``, ``gate_up_proj``) are quantized as their stacked weight: the parts share
+    one input and so one permutation. This is the calibration of the W4A8 rows of ``benchmarks/
+    scheme_perplexity.py`` (README: "W4A8 g128, 128 int8 outliers").
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The float checkpoint.
+    scheme : AtomScheme
+        The scheme the model is built with (0 outliers: nothing to calibrate, the checkpoint is returned as is).
+    skip : tuple of str
+        Graph layer-name patterns (``fnmatch``, e.g. ``*.qkv_proj``) kept in floating point.
+    windows : int
+        Calibration windows of 512 tokens (fewer if the text is shorter; a text under 512 tokens is one window).
+    text : str, optional
+        The calibration text (default: ``corpus.calibration_text()``; never the evaluation text).
+
+    Raises
+    ------
+    ModelConfigError
+        If the checkpoint has no tokenizer, or ``windows`` is below 1.
+    QuantizationError
+        If the outlier count does not fit a layer's K.
+    """
+    from fnmatch import fnmatch  # pylint: disable=import-outside-toplevel
+
+    from ..quant.atom import quantize_weight, select_outliers  # pylint: disable=import-outside-toplevel
+    from .corpus import calibration_text  # pylint: disable=import-outside-toplevel
+    from .llama import FUSED_LINEARS  # pylint: disable=import-outside-toplevel
+
+    if not scheme.outliers:
+        return checkpoint
+    if windows < 1:
+        raise ModelConfigError(f"outlier calibration needs at least 1 window, got {windows}")
+    ids = _token_ids(checkpoint, calibration_text() if text is None else text, "outlier calibration needs")
+    parts = {graph: FUSED_LINEARS.get(graph, (graph,)) for graph in _DECODER_LINEARS}  # the first reads the input
+    sources = tuple(sorted({names[0].rpartition(".")[2] for names in parts.values()}))
+    energy = _input_energy(checkpoint, _consecutive_windows(ids, windows), sources)
+    weights = dict(checkpoint.weights)
+    for layer in range(checkpoint.config.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        for graph, names in parts.items():
+            if any(fnmatch(prefix + graph, pattern) for pattern in skip):
+                continue
+            stacked = np.concatenate([weights.pop(f"{prefix}{name}.weight") for name in names])
+            outliers = select_outliers(energy[f"{prefix}{names[0]}.weight"], scheme.outliers)
+            weights[f"{prefix}{graph}.weight"] = quantize_weight(stacked, outliers, scheme)
+    return replace(checkpoint, weights=weights)
+
+
+def _consecutive_windows(ids, windows: int, length: int = ATOM_WINDOW_TOKENS) -> list:
+    """Up to ``windows`` consecutive windows of ``length`` tokens from the start of ``ids`` (all of a shorter text
+    as one window)."""
+    if len(ids) < length:
+        return [list(ids)]
+    return [list(ids[start:start + length]) for start in range(0, min(len(ids) // length, windows) * length, length)]
+
+
+def _input_energy(checkpoint: Checkpoint, windows: list, layer_kinds: tuple) -> dict:
+    """``<layer>.weight`` -> float64 ``[K]``: the sum over all tokens of the windows of each input channel's square,
+    for the HF linear layers whose last name component is in ``layer_kinds`` (the float model, one forward pass
+    per window; its ranking is the ranking by RMS)."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    from .hf_reference import hf_llama_from  # pylint: disable=import-outside-toplevel
+
+    model = hf_llama_from(checkpoint.config.to_json(), checkpoint.weights)
+    energy = {}
+
+    def hook(name):
+        def accumulate(module, args):  # returns None: the input is not replaced
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            energy[name] = energy.get(name, 0.0) + (x * x).sum(dim=0).numpy()
+        return accumulate
+
+    handles = [m.register_forward_pre_hook(hook(n + ".weight")) for n, m in model.named_modules()
+               if n.split(".")[-1] in layer_kinds]
+    try:
+        with torch.no_grad():
+            for window in windows:
+                model(torch.as_tensor(np.asarray(window)[None], dtype=torch.long))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return energy
+
+
 def _token_ids(checkpoint: Checkpoint, text: str, needs: str) -> list:
     """``text`` tokenized with the checkpoint's tokenizer; ``needs`` names the step that cannot do without it."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel

@@ -8,12 +8,18 @@ no concatenation before the attention), whose weights are the HF tensors stacked
 ``FpLinear`` (matmuls scheduled for decode or prefill rows) until ``lowbit_tvm.models.quantize`` swaps them
 for our low-bit kernels.
 
+On CUDA the cache's single-token attention kernel is ours (``with_our_decode_attention``: split over the
+sequence, ``schedules.decode_attention``); prefill attention and the CPU kernels are TVM's.
+
 Exported functions (see ``spec``): ``create_paged_kv_cache``, ``prefill`` (logits of the last token),
 ``score`` (logits of every token, for perplexity), ``decode`` (one token for each of a batch of
 sequences) and ``decode_one`` (one token of one sequence: static shapes, GEMV kernels). On CUDA both decode
 functions run as CUDA graphs between the attention calls (see ``builder.build``).
 """
-from ..tvm_api import kv_cache, relax as rx, relax_nn as nn, te
+from ..errors import CodegenError
+from ..ops.decode_attention import DecodeAttentionOp
+from ..schedules.decode_attention import decode_attention_cuda, supports as decode_attention_supported
+from ..tvm_api import TVM_VERSION, kv_cache, relax as rx, relax_nn as nn, te
 from .config import LlamaConfig
 from .fp_linear import FpLinear, linear_nt
 from .recipe import DECODE_MAX_BATCH
@@ -219,7 +225,38 @@ def export(model: LlamaForCausalLM):
     """
     mod, named_params, _ = model.export_tvm(spec=model.spec(), allow_extern=True)
     mod["decode"] = _static_decode(mod["decode"])
+    mod = with_our_decode_attention(mod, model.config, model.target, model.dtype)
     return mod, [name for name, _ in named_params]
+
+
+# The KV cache's single-token attention kernel: ``TIRPagedKVCache`` adds TVM's under this global symbol
+# (``_attention_decode`` in ``tvm.relax.frontend.nn.llm._decode_kernels``), which names its GlobalVar.
+DECODE_ATTENTION = "batch_decode_paged_kv"
+
+
+def with_our_decode_attention(mod, config: LlamaConfig, target, dtype: str):
+    """``mod`` with the paged cache's decode attention replaced by ours (``schedules.decode_attention``).
+
+    Only on CUDA and for shapes our kernel handles; elsewhere (CPU, fp32) TVM's kernel stays. Ours splits
+    each sequence over several thread blocks (TVM's runs one block per kv head: 32 blocks at batch 1 for
+    Llama-2-7B). The cache object refers to the function by its GlobalVar, so replacing the function under
+    it is enough; the sliding-window variant is not used by our graphs and stays TVM's.
+
+    Raises
+    ------
+    CodegenError
+        If ``mod`` has no function of that name (TVM renamed its kernel).
+    """
+    op = DecodeAttentionOp(config.num_attention_heads, config.num_key_value_heads, config.head_dim, dtype)
+    if target.kind.name != "cuda" or not decode_attention_supported(op):
+        return mod
+    names = [gvar.name_hint for gvar in mod.get_global_vars()]
+    if DECODE_ATTENTION not in names:
+        raise CodegenError(f"the KV cache has no decode attention function {DECODE_ATTENTION!r} to replace "
+                           f"(TVM {TVM_VERSION}); functions: {', '.join(sorted(names))}")
+    gvar = mod.get_global_var(DECODE_ATTENTION)
+    mod[gvar] = decode_attention_cuda(op).with_attr("global_symbol", DECODE_ATTENTION)
+    return mod
 
 
 def _static_decode(func: rx.Function) -> rx.Function:
@@ -227,4 +264,3 @@ def _static_decode(func: rx.Function) -> rx.Function:
     attention calls capturable as CUDA graphs keyed by the batch size (with ``relax.backend.use_cuda_graph``)."""
     func = func.with_attr("tir_var_upper_bound", {"batch_size": DECODE_MAX_BATCH})
     return func.with_attr("relax.rewrite_cuda_graph.capture_symbolic_vars", ["batch_size"])
-

@@ -4,7 +4,8 @@ A registry maps a scheme type to the layer class that runs it; each such class t
 ``(in_features, out_features, scheme, target)`` and has ``pack(weight) -> {param: array}``. A weight that is
 already quantized (a ``QuantizedWeight``, e.g. from GPTQ: ``lowbit_tvm.models.calibration``, or a ``BCQWeight``
 from the activation-aware fit: ``checkpoints.with_aware_bcq``) is laid out as it is instead of being quantized
-by round-to-nearest or plain BCQ.
+by round-to-nearest or plain BCQ. Atom-style W4A8 / W8A8 layers (``AtomScheme``) take an ``AtomWeight`` (its
+outlier channels calibrated: ``checkpoints.with_atom_outliers``), or a float weight when the scheme has no outliers.
 """
 from fnmatch import fnmatch
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from ..kernel import prepare_weights
 from ..quant import BCQScheme, BCQWeight, Int4Scheme, QuantizedWeight
+from ..quant.atom import AtomScheme, AtomWeight
 from ..tvm_api import relax_nn as nn
 from .bcq_linear import BCQLinear
 from .config import ModelConfigError
@@ -19,10 +21,13 @@ from .fp_linear import FpLinear
 from .llama import FUSED_LINEARS
 from .recipe import DEFAULT_SKIP
 from .w4a16_linear import W4A16Linear
+from .w4a8_linear import AtomLinear
 
-LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear, BCQScheme: BCQLinear}
-# Weights fit offline (GPTQ, activation-aware BCQ) that a layer lays out as they are.
-FITTED = (QuantizedWeight, BCQWeight)
+LINEAR_FOR_SCHEME = {Int4Scheme: W4A16Linear, BCQScheme: BCQLinear, AtomScheme: AtomLinear}
+# Weights fit offline (GPTQ, activation-aware BCQ, calibrated outliers) that a layer lays out as they are.
+FITTED = (QuantizedWeight, BCQWeight, AtomWeight)
+# The layer class that takes each kind of fitted weight in ``pack`` (QuantizedWeight: laid out here, see ``_pack``).
+LAYER_FOR_FITTED = {BCQWeight: BCQLinear, AtomWeight: AtomLinear}
 
 
 def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
@@ -32,7 +37,7 @@ def quantize(model, scheme, target, skip=DEFAULT_SKIP) -> list:
     ----------
     model : nn.Module
         A model built of ``tvm.relax.frontend.nn`` modules.
-    scheme : Int4Scheme or BCQScheme
+    scheme : Int4Scheme, BCQScheme or AtomScheme
         The weight quantization scheme (its type picks the layer class).
     target : tvm.target.Target
         The build target (the layers' kernels are scheduled for it).
@@ -115,10 +120,12 @@ def pack_weights(model, weights: dict, param_names: list, dtype: str) -> list:
 
 
 def _pack(layer, name: str, weight) -> dict:
-    """``layer.pack(weight)`` for a float weight or a ``BCQWeight`` (the BCQ layer checks it); a
-    ``QuantizedWeight`` is laid out for the layer's kernel as is."""
-    if isinstance(weight, BCQWeight) and not isinstance(layer, BCQLinear):
-        raise ModelConfigError(f"{name}: a {weight.scheme.name} weight was given for a layer that is not BCQ")
+    """``layer.pack(weight)`` for a float weight, a ``BCQWeight`` or an ``AtomWeight`` (the layer checks its
+    scheme and shape); a ``QuantizedWeight`` is laid out for the layer's kernel as is."""
+    wanted = LAYER_FOR_FITTED.get(type(weight))
+    if wanted is not None and not isinstance(layer, wanted):
+        raise ModelConfigError(f"{name}: a {weight.scheme.name} weight was given for a layer that is not "
+                               f"{wanted.__name__} (it is {type(layer).__name__})")
     if not isinstance(weight, QuantizedWeight):
         return layer.pack(weight)
     op = getattr(layer, "op", None)
