@@ -4,7 +4,7 @@ Weights are read once per call: ``lowbit_ldg_stream`` loads four uint32 words by
 (``L1::no_allocate``) with an L2 cache policy of ``evict_first`` (``createpolicy.fractional``), so the
 streamed weight lines are the first replaced in L2 and leave resident data (activations, outputs, other lines)
 in place instead of evicting it (Marlin's weight copies carry the same evict-first hint, on ``cp.async``).
-Not yet measured on a GPU (benchmarks/NOTES.md, v7). The description is a plain copy
+On by default in both GEMVs since the v8 H100 sweep (benchmarks/NOTES.md). The description is a plain copy
 of four consecutive words from global memory into a thread's registers; GEMV schedules tensorize their
 weight cache-read copies with it (``STREAM_LOAD``).
 """

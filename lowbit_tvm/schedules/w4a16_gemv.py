@@ -9,8 +9,8 @@ kernel per small M, see ``lowbit_tvm.kernel.build``).
 Two forms of the op: ``reduction="flat"`` decodes each weight to fp32 and multiplies it by its scale
 (about 6 instructions per weight); ``reduction="word"`` tensorizes each packed word's fp16 dot product
 with ``half2`` arithmetic (``gemv_intrinsics``) and applies the scale once per word in fp32; its weights
-can be read by streaming loads (``stream=1``: L1 bypass, L2 evict-first, ``stream_load``; off by default,
-not yet measured).
+can be read by streaming loads (``stream=1``: L1 bypass, L2 evict-first, ``stream_load``; the
+dispatcher's configs use them, v8 sweep in benchmarks/NOTES.md).
 """
 from dataclasses import dataclass
 

@@ -12,7 +12,8 @@ lanes ``4r .. 4r + 3``), so every load instruction of a warp covers 512 contiguo
 fp32 sums for its two rows; the partial sums meet in shared memory, where 16 lanes per row tile add them up.
 M must be static.
 
-Two load knobs, off by default (not yet measured in this form, benchmarks/NOTES.md v7): ``contiguous=1``
+Two load knobs (the dataclass defaults are off; the dispatcher's default turns both on, with two steps per
+iteration and no unrolling: ``w4a16_dispatch.MMA_GEMV_LOADS``, v8 sweep in benchmarks/NOTES.md): ``contiguous=1``
 gives each lane octet its own K range, so a thread's ``tiles`` steps read neighbouring tiles and their
 loads are issued together; ``stream=1`` reads the weights with streaming loads (``stream_load``).
 """
