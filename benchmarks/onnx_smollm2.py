@@ -49,38 +49,28 @@ def export_onnx(path: Path, dynamic: str | None = None) -> Path:
     import torch  # pylint: disable=import-outside-toplevel
 
     from lowbit_tvm.models.gguf_weights import find_smollm2_gguf, load_gguf_llama  # pylint: disable=C0415
-    from lowbit_tvm.models.hf_reference import hf_llama  # pylint: disable=import-outside-toplevel
+    from lowbit_tvm.models.hf_reference import hf_llama, logits_module  # pylint: disable=C0415
 
     if path.exists():
         return path
     hf = hf_llama(load_gguf_llama(find_smollm2_gguf()))
     hf.config._attn_implementation = "eager"  # pylint: disable=protected-access
 
-    class Logits(torch.nn.Module):
-        """input_ids -> logits (an all-ones mask keeps transformers off its packed-sequence detection)."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamic == "dynamo":
             dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2, max=2048)}
-            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=True,
+            torch.onnx.export(logits_module(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=True,
                               input_names=["input_ids"], output_names=["logits"], opset_version=18,
                               dynamic_shapes=(dims,), external_data=False)
         elif dynamic == "torchscript":
             axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
-            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=False,
+            torch.onnx.export(logits_module(hf), (torch.randint(0, 1000, (1, 16)),), str(path), dynamo=False,
                               input_names=["input_ids"], output_names=["logits"], opset_version=17,
                               dynamic_axes=axes)
         else:
-            torch.onnx.export(Logits(hf), (torch.randint(0, 1000, (1, WINDOW)),), str(path), dynamo=False,
+            torch.onnx.export(logits_module(hf), (torch.randint(0, 1000, (1, WINDOW)),), str(path), dynamo=False,
                               input_names=["input_ids"], output_names=["logits"], opset_version=17)
     return path
 

@@ -20,6 +20,7 @@ from lowbit_tvm.frontend.onnx_engine import onnx_metadata
 from lowbit_tvm.frontend.onnx_calibrate import DEFAULT_RECIPE, OnnxRecipe, calibrate_graph, calibration_feeds
 from lowbit_tvm.frontend.onnx_import import normalized_graph
 from lowbit_tvm.frontend.onnx_linears import LinearWeight
+from lowbit_tvm.models.hf_reference import logits_module
 from lowbit_tvm.quant import dequantize, get_scheme
 from lowbit_tvm.quant.gptq import gptq_quantize
 
@@ -146,18 +147,10 @@ def test_tiny_llama_export_folds_norm_weights_and_keeps_its_float_function(tmp_p
             layer.input_layernorm.weight[[5, 40]] = 8.0
             layer.post_attention_layernorm.weight[[7, 33]] = 8.0
 
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
-
     path = tmp_path / "llama.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(llama), (torch.randint(0, 128, (1, 32)),), str(path), dynamo=False,
+        torch.onnx.export(logits_module(llama), (torch.randint(0, 128, (1, 32)),), str(path), dynamo=False,
                           input_names=["input_ids"], output_names=["logits"], opset_version=17)
     rng = np.random.default_rng(4)
     ids = rng.integers(0, 128, (4, 1, 32)).astype(np.int64)

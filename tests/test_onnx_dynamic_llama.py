@@ -15,6 +15,7 @@ import pytest
 import lowbit_tvm
 from lowbit_tvm.frontend import compile_onnx
 from lowbit_tvm.quant import dequantize, get_scheme, quantize
+from lowbit_tvm.models.hf_reference import logits_module
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -24,14 +25,6 @@ pytest.importorskip("onnxscript")  # torch's dynamo exporter
 SHAPES = [(1, 7), (3, 19)]
 SCHEME = "w4a16-g128"
 
-
-class _Logits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids):
-        return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +42,11 @@ def _export(llama, path, exporter):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2, max=255)}
-            torch.onnx.export(_Logits(llama), example, str(path), dynamo=True, opset_version=18,
+            torch.onnx.export(logits_module(llama), example, str(path), dynamo=True, opset_version=18,
                               dynamic_shapes=(dims,), verbose=False, **names)
         else:
             axes = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
-            torch.onnx.export(_Logits(llama), example, str(path), dynamo=False, opset_version=17,
+            torch.onnx.export(logits_module(llama), example, str(path), dynamo=False, opset_version=17,
                               dynamic_axes=axes, **names)
     return path
 

@@ -126,3 +126,22 @@ def linear_inputs(config: dict, weights: dict, token_ids, layer_kinds: tuple) ->
     for handle in handles:
         handle.remove()
     return captured
+
+
+def logits_module(model):
+    """``model`` (an HF causal LM) as a torch module ``input_ids -> logits``, the graph an ONNX export records.
+
+    The forward passes an all-ones attention mask (it keeps transformers off its packed-sequence detection) and
+    no cache, so the export has one input and one output.
+    """
+    import torch  # pylint: disable=import-outside-toplevel
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
+
+    return _Logits(model)
