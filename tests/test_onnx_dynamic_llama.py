@@ -14,8 +14,8 @@ import pytest
 
 import lowbit_tvm
 from lowbit_tvm.frontend import compile_onnx
-from lowbit_tvm.quant import dequantize, get_scheme, quantize
 from lowbit_tvm.models.hf_reference import logits_module
+from lowbit_tvm.quant import dequantize, get_scheme, quantize
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
